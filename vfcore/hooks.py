@@ -22,9 +22,19 @@ def module(model: nn.Module, name: str) -> nn.Module:
 
 
 @contextmanager
-def hooked(model: nn.Module, hooks: dict[str, Callable]) -> Iterator[None]:
-    """Register forward hooks `name -> fn(module, inputs, output)` for the duration of a block."""
-    handles = [module(model, name).register_forward_hook(fn) for name, fn in hooks.items()]
+def hooked(model: nn.Module, hooks: dict[str, Callable], *, pre: bool = False,
+           prepend: bool = False) -> Iterator[None]:
+    """Register forward hooks `name -> fn(module, inputs, output)` for the duration of a block.
+
+    With `pre`, they are forward pre-hooks `fn(module, inputs)`; with `prepend`, they run before
+    hooks registered earlier (so a hook that replaces a tensor runs before those that read it).
+    """
+    def register(m: nn.Module, fn: Callable):
+        if pre:
+            return m.register_forward_pre_hook(fn, prepend=prepend)
+        return m.register_forward_hook(fn, prepend=prepend)
+
+    handles = [register(module(model, name), fn) for name, fn in hooks.items()]
     try:
         yield
     finally:
