@@ -49,6 +49,12 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 _CROP_PAD = 4
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
+_IDX_STEMS = (  # train images, train labels, test images, test labels
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 # A location is the resolved file(s) a split is read from; it keys the in-process cache.
 _Location = tuple[Path, ...]
@@ -202,13 +208,12 @@ class _IdxSource(_Source):
     """A dataset in the MNIST layout: four IDX files, raw or gzipped."""
 
     url: str
-    checksums: dict[str, str]  # file stem -> hex digest
+    digests: tuple[str, ...]  # hex digests of the files in _IDX_STEMS order
     hash_name: str
     hash_decompressed: bool  # whether the digest is of the gunzipped payload
 
-    def stems(self, train: bool) -> tuple[str, str]:
-        prefix = "train" if train else "t10k"
-        return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+    def stems(self, train: bool) -> tuple[str, ...]:
+        return _IDX_STEMS[:2] if train else _IDX_STEMS[2:]
 
     def needed(self, train: bool) -> str:
         names = ", ".join(f"{stem}.gz" for stem in self.stems(train))
@@ -238,9 +243,10 @@ class _IdxSource(_Source):
         return images.unsqueeze(1), _check_labels(labels.long(), self.num_classes, labels_path)
 
     def download(self, folder: Path, train: bool) -> None:
+        digests = dict(zip(_IDX_STEMS, self.digests, strict=True))
         for stem, url in zip(self.stems(train), self.urls(train), strict=True):
             target = folder / f"{stem}.gz"
-            _fetch(url, target, self.hash_name, self.checksums[stem], self.hash_decompressed)
+            _fetch(url, target, self.hash_name, digests[stem], self.hash_decompressed)
 
 
 @dataclass(frozen=True)
@@ -282,10 +288,9 @@ class _CifarSource(_Source):
         else:
             loaded = self._read_archive(path, train)
         arrays = [_cifar_arrays(batch, self.label_key, source) for batch, source in loaded]
-        pixels = np.concatenate([data for data, _ in arrays])
-        images = torch.from_numpy(pixels).reshape(-1, 3, 32, 32)
-        labels = torch.from_numpy(np.concatenate([labels for _, labels in arrays]).astype(np.int64))
-        return images, _check_labels(labels, self.num_classes, path)
+        images = torch.from_numpy(np.concatenate([pixels for pixels, _ in arrays]))
+        labels = torch.from_numpy(np.concatenate([lab for _, lab in arrays]).astype(np.int64))
+        return images.reshape(-1, 3, 32, 32), _check_labels(labels, self.num_classes, path)
 
     def _read_archive(self, path: Path, train: bool) -> list[tuple[Any, str]]:
         """Unpickle the wanted members in one pass over the .tar.gz stream, extracting nothing."""
@@ -309,11 +314,13 @@ class _CifarSource(_Source):
         _fetch(self.url, folder / self.archive, "md5", self.md5, False)
 
 
+_AnySource = _IdxSource | _CifarSource
+
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
-_SOURCES: dict[str, _IdxSource | _CifarSource] = {
+_SOURCES: dict[str, _AnySource] = {
     "mnist": _IdxSource(
         title="MNIST",
         num_classes=10,
@@ -323,12 +330,12 @@ _SOURCES: dict[str, _IdxSource | _CifarSource] = {
         system_dirs=("mnist",),
         apt_package=None,
         url="https://ossci-datasets.s3.amazonaws.com/mnist/",
-        checksums={
-            "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
+        digests=(
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
         hash_name="md5",
         hash_decompressed=False,
     ),
@@ -341,16 +348,12 @@ _SOURCES: dict[str, _IdxSource | _CifarSource] = {
         system_dirs=("fashion-mnist",),
         apt_package="dataset-fashion-mnist",
         url=_FASHION_URL,
-        checksums={
-            "train-images-idx3-ubyte":
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "train-labels-idx1-ubyte":
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "t10k-images-idx3-ubyte":
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "t10k-labels-idx1-ubyte":
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        },
+        digests=(
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        ),
         hash_name="sha256",
         hash_decompressed=True,
     ),
@@ -438,7 +441,16 @@ def _search_dirs(source: _Source, bases: list[Path]) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def _download(source: _IdxSource | _CifarSource, bases: list[Path], train: bool) -> _Location:
+def _locate(source: _AnySource, searched: list[Path], train: bool) -> _Location | None:
+    """The first complete copy of the split in the searched folders, if any."""
+    for folder in searched:
+        location = source.locate(folder, train)
+        if location is not None:
+            return location
+    return None
+
+
+def _download(source: _AnySource, bases: list[Path], train: bool) -> _Location:
     """Download into the dataset's subfolder of the first writable base folder."""
     for base in bases:
         folder = base / source.subdirs[0]
@@ -455,9 +467,7 @@ def _download(source: _IdxSource | _CifarSource, bases: list[Path], train: bool)
     raise DatasetError("none of the base folders is writable")
 
 
-def _not_found_message(
-    source: _IdxSource | _CifarSource, train: bool, searched: list[Path], problem: str
-) -> str:
+def _not_found_message(source: _AnySource, train: bool, searched: list[Path], problem: str) -> str:
     """Explain what is missing, where we looked, and how to provide it."""
     sub = source.subdirs[0]
     lines = [
@@ -496,9 +506,7 @@ def load_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     bases = _base_dirs(root)
     searched = _search_dirs(source, bases)
-    location = next(
-        (found for folder in searched if (found := source.locate(folder, train)) is not None), None
-    )
+    location = _locate(source, searched, train)
     problem = "downloading is off (download=False or $VFCORE_NO_DOWNLOAD is set)"
     if location is None and download and not os.environ.get("VFCORE_NO_DOWNLOAD"):
         try:
@@ -567,7 +575,8 @@ def batches(
     order. All randomness comes from one CPU generator seeded with ``seed``, so a seed gives the
     same batches on every run and device. Arguments are checked when called, not lazily.
     """
-    num_batches(0, batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be non-negative, got {limit}")
     height, width = data.images.shape[-2:]
@@ -586,7 +595,7 @@ def batches(
         std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         for i in range(num_batches(len(order), batch_size, drop_last)):
             index = order[i * batch_size : (i + 1) * batch_size].to(device)
-            x = images[index]
+            x = images.index_select(0, index)
             if pad_to is not None:
                 x = _pad(x, pad_to, pad_to)
             if augment:
@@ -594,6 +603,6 @@ def batches(
             x = x.float().div_(255).sub_(mean).div_(std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, labels[index]
+            yield x, labels.index_select(0, index)
 
     return generate()

@@ -14,13 +14,13 @@ as in the paper.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .align import Alignment, map_features
+from .align import Alignment, map_features, unmap_features
 from .hooks import StopForward, hooked, module
 from .merge import check_alpha, interpolate
 from .models import ResNet, check_compatible, model_config, num_parameters, rebuild
@@ -57,6 +57,10 @@ def cuts(model: nn.Module, n_preserved: int) -> list[Cut]:
     return [out]
 
 
+class _CutReached(StopForward):
+    """Ends a capture; private so that other hooks' StopForward passes through it."""
+
+
 def _capture(model: nn.Module, cut_list: list[Cut], x: torch.Tensor) -> list[torch.Tensor]:
     """Run `model` on x only as far as needed to read the cut tensors."""
     found: dict[int, torch.Tensor] = {}
@@ -65,17 +69,42 @@ def _capture(model: nn.Module, cut_list: list[Cut], x: torch.Tensor) -> list[tor
         def fn(_m: nn.Module, inputs: tuple, output: torch.Tensor | None = None) -> None:
             found[i] = inputs[0] if output is None else output
             if len(found) == len(cut_list):
-                raise StopForward
+                raise _CutReached
         return fn
 
     with ExitStack() as stack:
         for i, cut in enumerate(cut_list):
             stack.enter_context(hooked(model, {cut.module: recorder(i)}, pre=cut.kind == "input"))
-        try:
+        with suppress(_CutReached):
             model(x)
-        except StopForward:
-            pass
     return [found[i] for i in range(len(cut_list))]
+
+
+def _run_from(model: nn.Module, cut_list: list[Cut], tensors: list[torch.Tensor],
+              x: torch.Tensor) -> torch.Tensor:
+    """Run `model` with the cut tensors replacing what its own first layers would compute.
+
+    The layers before the cut see only two dummy samples; everything after it the full batch.
+    """
+    with ExitStack() as stack:
+        for cut, t in zip(cut_list, tensors, strict=True):
+            stack.enter_context(hooked(model, {cut.module: _replacement(cut, t)},
+                                       pre=cut.kind == "input", prepend=True))
+        return model(x[:2])
+
+
+def _replacement(cut: Cut, t: torch.Tensor) -> Callable:
+    """A hook that makes `cut`'s tensor be `t`."""
+    if cut.kind == "input":
+        return lambda _m, inputs: (t, *inputs[1:])
+    return lambda _m, _inputs, _output: t
+
+
+def _folding(model: nn.Module, name: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """apply(scale, shift) folding a per-channel correction into layer `name` of `model`."""
+    from .normalize import fold_into
+
+    return fold_into(module(model, name), name)
 
 
 class PFMModel(nn.Module):
@@ -137,16 +166,7 @@ class PFMModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cuts:
             return self.merged(x)
-        tensors = self.crossing(x)
-        with ExitStack() as stack:
-            for cut, t in zip(self.cuts, tensors, strict=True):
-                if cut.kind == "input":
-                    fn = (lambda t: lambda _m, inputs: (t, *inputs[1:]))(t)
-                else:
-                    fn = (lambda t: lambda _m, _inputs, _out: t)(t)
-                stack.enter_context(hooked(self.merged, {cut.module: fn},
-                                           pre=cut.kind == "input", prepend=True))
-            return self.merged(x[:2])
+        return _run_from(self.merged, self.cuts, self.crossing(x), x)
 
     def repair_targets(self, layers: list[str]) -> list[tuple[str, str, Callable]]:
         """Where REPAIR measures and corrects each layer (the normalize module's protocol).
@@ -155,8 +175,6 @@ class PFMModel(nn.Module):
         layer's averaged output is corrected by the cut affine; later layers are folded into the
         merged network.
         """
-        from .normalize import fold_affine
-
         order = {name: i + 1 for i, name in enumerate(self.merged.weight_layers)}
         boundary = {c.module: i for i, c in enumerate(self.cuts) if c.kind == "output"}
         targets = []
@@ -166,9 +184,7 @@ class PFMModel(nn.Module):
             if name in boundary:
                 targets.append((f"merged.{name}", name, self._cut_affine(boundary[name])))
             else:
-                layer = module(self.merged, name)
-                targets.append((f"merged.{name}", name,
-                                lambda s, t, layer=layer: fold_affine(layer, s, t)))
+                targets.append((f"merged.{name}", name, _folding(self.merged, name)))
         return targets
 
     def _cut_affine(self, i: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -196,16 +212,91 @@ def preserve_first_merge(model_a: nn.Module, model_b: nn.Module, n_preserved: in
     interpolation of the aligned states (e.g. a bias-calibrated one). The endpoints are used as
     they are (copied), so the preserved layers compute exactly what they computed alone.
     """
+    a, b, merged, alignment = _copies(model_a, model_b, alignment, alpha, merged_state)
+    return PFMModel(a, b, merged, n_preserved, alignment, alpha)
+
+
+class PartialZipModel(nn.Module):
+    """Partial zipping (ZipIt!, App. A.8.2): the reverse of PFM.
+
+    The first L - K weight layers are merged; the tensors crossing that cut are mapped back
+    into each endpoint's own coordinates and each endpoint's last K layers finish the job; the
+    outputs are averaged (weighted by alpha): a multi-head model.
+    """
+
+    def __init__(self, endpoint_a: nn.Module, endpoint_b: nn.Module, merged: nn.Module,
+                 n_unmerged: int, alignment: Alignment, alpha: float = 0.5):
+        super().__init__()
+        check_alpha(alpha)
+        n_layers = len(merged.weight_layers)
+        if not 0 <= n_unmerged <= n_layers:
+            raise ValueError(f"the number of unmerged layers must lie in [0, {n_layers}], got "
+                             f"{n_unmerged}")
+        self.endpoints = nn.ModuleList([endpoint_a, endpoint_b]).eval()
+        self.merged = merged
+        self.n_merged = n_layers - n_unmerged
+        self.alpha = alpha
+        self.cuts = cuts(merged, self.n_merged)
+        spec = spec_for(merged)
+        self.groups = [spec.axes[c.key][c.axis] for c in self.cuts]
+        self.maps = alignment.maps
+
+    @property
+    def weight_layers(self) -> list[str]:
+        return self.merged.weight_layers
+
+    def train(self, mode: bool = True) -> PartialZipModel:
+        self.training = mode
+        self.merged.train(mode)
+        self.endpoints.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_merged == len(self.merged.weight_layers):
+            return self.merged(x)
+        if not self.cuts:
+            return sum(w * m(x) for w, m in zip((1 - self.alpha, self.alpha), self.endpoints,
+                                                strict=True))
+        merged = _capture(self.merged, self.cuts, x)
+        out = 0
+        for w, endpoint, maps in zip((1 - self.alpha, self.alpha), self.endpoints, self.maps,
+                                     strict=True):
+            own = [unmap_features(t, maps.get(g) if g else None)
+                   for t, g in zip(merged, self.groups, strict=True)]
+            out = out + w * _run_from(endpoint, self.cuts, own, x)
+        return out
+
+    def repair_targets(self, layers: list[str]) -> list[tuple[str, str, Callable]]:
+        """REPAIR and RESCALE correct the merged layers only (the normalize protocol)."""
+        order = {name: i + 1 for i, name in enumerate(self.merged.weight_layers)}
+        return [(f"merged.{name}", name, _folding(self.merged, name))
+                for name in layers if order[name] <= self.n_merged]
+
+
+def _copies(model_a: nn.Module, model_b: nn.Module, alignment: Alignment | None,
+            alpha: float, merged_state: dict[str, torch.Tensor] | None
+            ) -> tuple[nn.Module, nn.Module, nn.Module, Alignment]:
+    """Copies of both endpoints and the merged model (eval mode, on the endpoints' device)."""
     check_compatible(model_a, model_b)
     alignment = alignment or Alignment("direct", ({}, {}),
                                        (model_a.state_dict(), model_b.state_dict()))
-    merged = rebuild(model_a).to(next(model_a.parameters()).device)
-    state = merged_state or interpolate(*alignment.states, alpha)
-    merged.load_state_dict(state)
-    endpoints = [rebuild(m).to(next(m.parameters()).device) for m in (model_a, model_b)]
-    for copy, m in zip(endpoints, (model_a, model_b), strict=True):
+    device = next(model_a.parameters()).device
+    merged = rebuild(model_a).to(device)
+    merged.load_state_dict(merged_state or interpolate(*alignment.states, alpha))
+    endpoints = []
+    for m in (model_a, model_b):
+        copy = rebuild(m).to(device)
         copy.load_state_dict(m.state_dict())
-    return PFMModel(*endpoints, merged.eval(), n_preserved, alignment, alpha)
+        endpoints.append(copy.eval())
+    return endpoints[0], endpoints[1], merged.eval(), alignment
+
+
+def partial_zip(model_a: nn.Module, model_b: nn.Module, n_unmerged: int, *,
+                alignment: Alignment | None = None, alpha: float = 0.5,
+                merged_state: dict[str, torch.Tensor] | None = None) -> PartialZipModel:
+    """Partial zipping with the last `n_unmerged` layers of both endpoints kept apart."""
+    a, b, merged, alignment = _copies(model_a, model_b, alignment, alpha, merged_state)
+    return PartialZipModel(a, b, merged, n_unmerged, alignment, alpha)
 
 
 @dataclass(frozen=True)
