@@ -45,7 +45,8 @@ def hooked(model: nn.Module, hooks: dict[str, Callable], *, pre: bool = False,
 @torch.no_grad()
 def outputs_of(model: nn.Module, names: list[str], x: torch.Tensor,
                stop_early: bool = True) -> dict[str, torch.Tensor]:
-    """The outputs of the named modules on input `x`.
+    """The outputs of the named modules on input `x` (copies, so that in-place operations later
+    in the forward pass cannot change them).
 
     With `stop_early`, the forward pass ends as soon as every named output has been seen.
     """
@@ -53,7 +54,7 @@ def outputs_of(model: nn.Module, names: list[str], x: torch.Tensor,
 
     def record(name: str) -> Callable:
         def fn(_m: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-            found[name] = out
+            found[name] = out.clone()
             if stop_early and len(found) == len(names):
                 raise StopForward
         return fn

@@ -23,7 +23,8 @@ from torch import nn
 from .align import Alignment, map_features, unmap_features
 from .hooks import StopForward, hooked, module
 from .merge import check_alpha, interpolate
-from .models import ResNet, check_compatible, model_config, num_parameters, rebuild
+from .models import (ModelConfig, ResNet, check_compatible, model_config, num_parameters,
+                     rebuild)
 from .spec import spec_for
 
 
@@ -142,6 +143,12 @@ class PFMModel(nn.Module):
     def weight_layers(self) -> list[str]:
         return self.merged.weight_layers
 
+    @property
+    def config(self) -> ModelConfig:
+        """The merged model's configuration (input shape, classes), so that `train.evaluate` and
+        `train.predict` can shape data for the wrapper."""
+        return self.merged.config
+
     def train(self, mode: bool = True) -> PFMModel:
         self.training = mode
         self.merged.train(mode)
@@ -244,6 +251,12 @@ class PartialZipModel(nn.Module):
     @property
     def weight_layers(self) -> list[str]:
         return self.merged.weight_layers
+
+    @property
+    def config(self) -> ModelConfig:
+        """The merged model's configuration (input shape, classes), so that `train.evaluate` and
+        `train.predict` can shape data for the wrapper."""
+        return self.merged.config
 
     def train(self, mode: bool = True) -> PartialZipModel:
         self.training = mode
