@@ -23,8 +23,7 @@ from torch import nn
 from .align import Alignment, map_features, unmap_features
 from .hooks import StopForward, hooked, module
 from .merge import check_alpha, interpolate
-from .models import (ModelConfig, ResNet, check_compatible, model_config, num_parameters,
-                     rebuild)
+from .models import ModelConfig, ResNet, check_compatible, model_config, num_parameters, rebuild
 from .spec import spec_for
 
 
@@ -108,7 +107,33 @@ def _folding(model: nn.Module, name: str) -> Callable[[torch.Tensor, torch.Tenso
     return fold_into(module(model, name), name)
 
 
-class PFMModel(nn.Module):
+class _TwoEndpoints(nn.Module):
+    """Shared by PFM and partial zipping: two frozen endpoints beside one merged network.
+
+    The endpoints stay in eval mode even when the wrapper is put in train mode (for RESET), so
+    normalisation touches the merged network only. `config` and `weight_layers` are the merged
+    network's, so evaluation and the kernels treat the wrapper like its architecture.
+    """
+
+    endpoints: nn.ModuleList
+    merged: nn.Module
+
+    @property
+    def weight_layers(self) -> list[str]:
+        return self.merged.weight_layers
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.merged.config
+
+    def train(self, mode: bool = True) -> _TwoEndpoints:
+        self.training = mode
+        self.merged.train(mode)
+        self.endpoints.eval()
+        return self
+
+
+class PFMModel(_TwoEndpoints):
     """Two endpoints' first layers, unmerged, feeding one merged network.
 
     The endpoints are frozen (always in eval mode, even when the model is put in train mode for
@@ -139,21 +164,6 @@ class PFMModel(nn.Module):
                 self.register_buffer(f"cut_scale_{i}", torch.ones(channels))
                 self.register_buffer(f"cut_shift_{i}", torch.zeros(channels))
 
-    @property
-    def weight_layers(self) -> list[str]:
-        return self.merged.weight_layers
-
-    @property
-    def config(self) -> ModelConfig:
-        """The merged model's configuration (input shape, classes), so that `train.evaluate` and
-        `train.predict` can shape data for the wrapper."""
-        return self.merged.config
-
-    def train(self, mode: bool = True) -> PFMModel:
-        self.training = mode
-        self.merged.train(mode)
-        self.endpoints.eval()
-        return self
 
     def crossing(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The averaged cut tensors in merged coordinates, affine corrections applied."""
@@ -223,7 +233,7 @@ def preserve_first_merge(model_a: nn.Module, model_b: nn.Module, n_preserved: in
     return PFMModel(a, b, merged, n_preserved, alignment, alpha)
 
 
-class PartialZipModel(nn.Module):
+class PartialZipModel(_TwoEndpoints):
     """Partial zipping (ZipIt!, App. A.8.2): the reverse of PFM.
 
     The first L - K weight layers are merged; the tensors crossing that cut are mapped back
@@ -248,21 +258,6 @@ class PartialZipModel(nn.Module):
         self.groups = [spec.axes[c.key][c.axis] for c in self.cuts]
         self.maps = alignment.maps
 
-    @property
-    def weight_layers(self) -> list[str]:
-        return self.merged.weight_layers
-
-    @property
-    def config(self) -> ModelConfig:
-        """The merged model's configuration (input shape, classes), so that `train.evaluate` and
-        `train.predict` can shape data for the wrapper."""
-        return self.merged.config
-
-    def train(self, mode: bool = True) -> PartialZipModel:
-        self.training = mode
-        self.merged.train(mode)
-        self.endpoints.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_merged == len(self.merged.weight_layers):
