@@ -13,6 +13,7 @@ mismatching file is reported and retrained, never loaded.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -117,11 +118,12 @@ def recipe_for(model_name: str, profile: str | Profile = "smoke", *, lr: float |
     """The Table 2 recipe for `model_name`, scaled by `profile`, with optional overrides.
 
     Linear nets and the MLP: Adam, lr 0.01, wd 1e-4, constant lr, no augmentation. CNNs: SGD,
-    lr 0.1, momentum 0.9, wd 1e-4, step decay at the paper's iterations, crop+flip augmentation.
-    Warm-up (one epoch in 160) is added where the paper's scripts use it: ResNet20-LN, ResNet20
-    wider than 1x, and VGGs trained with weight decay above 1e-4. Then `profile.recipe_overrides`
-    applies (the smoke profile lowers the lr of the norm-free VGGs, which do not train at 0.1 in
-    one epoch), then the `lr`, `weight_decay` and `epochs` arguments (the sweeps).
+    lr 0.1, momentum 0.9, wd 1e-4, step decay at the paper's iterations, crop+flip augmentation
+    where `profile.augment`. Then `profile.recipe_overrides` applies (the smoke profile's
+    departures from Table 2, each explained in its docstring), then the `lr`, `weight_decay` and
+    `epochs` arguments (the sweeps). Warm-up (one epoch in 160) is added where the paper's
+    scripts use it, unless the profile sets `warmup`: ResNet20-LN, ResNet20 wider than 1x, and
+    VGGs trained with weight decay above 1e-4.
     """
     prof = get_profile(profile)
     width = prof.width_of(model_name) if width is None else width
@@ -545,15 +547,31 @@ def train_endpoint(model_name: str, dataset: str | ImageSet | None = None, *, se
     folder = resolve_cache_dir(cache_dir)
     if _load_cached(model, folder, key):
         return _finish(model, target)
-    data = load_dataset(dataset, train=True) if isinstance(dataset, str) else dataset
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"{key}.partial.pt"
-    start = time.perf_counter()
-    train(model, data, recipe, seed=seed, device=target, progress=progress, checkpoint=partial)
-    meta = {"key": key, "spec": spec, "train_seconds": round(time.perf_counter() - start, 3)}
-    _store(model, folder, key, meta)
-    partial.unlink(missing_ok=True)
+    with _exclusive(folder / f"{key}.lock"):
+        if not _load_cached(model, folder, key):  # another process may have just trained it
+            data = load_dataset(dataset, train=True) if isinstance(dataset, str) else dataset
+            partial = folder / f"{key}.partial.pt"
+            start = time.perf_counter()
+            train(model, data, recipe, seed=seed, device=target, progress=progress,
+                  checkpoint=partial)
+            meta = {"key": key, "spec": spec,
+                    "train_seconds": round(time.perf_counter() - start, 3)}
+            _store(model, folder, key, meta)
+            partial.unlink(missing_ok=True)
     return _finish(model, target)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an advisory lock on `path`, so that two processes asking for the same endpoint
+    train it once: the second waits, then loads it from the cache."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _finish(model: nn.Module, device: torch.device) -> nn.Module:
