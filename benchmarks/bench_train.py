@@ -12,8 +12,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning
+# threads of two processes starve each other (measured here: 70 instead of 945 img/s).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import resource
 import sys
 import tempfile

@@ -315,7 +315,7 @@ def endpoint(tmp_path, seed: int = 1, **kw) -> torch.nn.Module:
 
 def test_second_call_loads_from_cache(tmp_path, monkeypatch):
     first = endpoint(tmp_path)
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".pt")
     sidecar = json.loads((tmp_path / files[0]).read_text())
     spec = sidecar["meta"]["spec"]

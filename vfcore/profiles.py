@@ -106,10 +106,6 @@ def _known(model_name: str) -> str:
     return model_name
 
 
-RESNET_LN_EPOCHS = 0.5
-RESNET_LN_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "momentum": 0.0}
-
-
 def _per_model(linear: float, cnn: float, **special: float) -> dict[str, float]:
     """A value for every model: `linear` for LINEAR_MODELS, `cnn` otherwise, `special` by name."""
     table = {name: linear if name in LINEAR_MODELS else cnn for name in ARCHITECTURES}
@@ -123,8 +119,8 @@ SMOKE = Profile(
     linear_dataset="fashion_mnist",
     image_size=32,
     widths=_per_model(1.0, 0.125, resnet20=0.5, resnet20_ln=0.5, resnet20_plain=0.5),
-    epochs=_per_model(2.0, 1.5, linear8=5.0, resnet20=0.5, resnet20_ln=RESNET_LN_EPOCHS,
-                      resnet20_plain=0.5, vgg11=1.0, vgg11_bn=0.5, vgg11_ln=1.0),
+    epochs=_per_model(2.0, 1.5, linear8=5.0, vgg16=2.0, resnet20=0.4, resnet20_ln=0.5,
+                      resnet20_plain=0.5, vgg11=1.0, vgg11_bn=0.33, vgg11_ln=1.0),
     train_subset=None,
     test_subset=2000,
     calibration_images=2000,
@@ -138,7 +134,7 @@ SMOKE = Profile(
     recipe_overrides={
         **{name: {"lr": 0.05} for name in ("vgg11", "vgg16", "resnet20_plain")},
         **{name: {"lr": 0.03} for name in ("vgg11_ln", "vgg16_ln")},
-        "resnet20_ln": RESNET_LN_RECIPE,
+        "resnet20_ln": {"optimizer": "adam", "lr": 5e-4, "momentum": 0.0},
     },
 )
 """The default: Fashion-MNIST on a 2-core CPU, every notebook endpoint trained in minutes.
