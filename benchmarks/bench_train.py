@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                 # everything (about 10 minutes on 2 cores)
     python benchmarks/bench_train.py --throughput    # only the per-model throughput table
+    python benchmarks/bench_train.py --keep ~/.cache/vfcore   # and keep the trained endpoints
 
 1. Per smoke model (at its smoke width, on real Fashion-MNIST batches): training and evaluation
    throughput in images per second.
@@ -19,10 +20,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +71,18 @@ def throughput(name: str, profile, train_set, test_set) -> tuple[float, float]:
     return train_rate, 5000 / (time.perf_counter() - start)
 
 
-def full_run(profile) -> None:
-    """Train every notebook endpoint into an empty cache; report time, memory and accuracy."""
+def full_run(profile, keep: Path | None = None) -> None:
+    """Train every notebook endpoint into an empty cache; report time, memory and accuracy.
+
+    With `keep`, the cache is that (empty) folder and stays filled for the notebooks.
+    """
     jobs = notebook_endpoints(profile)
     print(f"\nTraining all {len(jobs)} endpoints the notebooks need, from an empty cache "
           f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     models = []
-    with tempfile.TemporaryDirectory() as cache:
+    if keep is not None and keep.exists() and any(keep.glob("*.pt")):
+        raise SystemExit(f"--keep {keep}: the folder holds checkpoints; the run must start empty")
+    with (contextlib.nullcontext(str(keep)) if keep else tempfile.TemporaryDirectory()) as cache:
         wall, cpu = time.perf_counter(), time.process_time()
         for name, seed, overrides in jobs:
             start = time.perf_counter()
@@ -103,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--throughput", action="store_true", help="skip the full training run")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="train into this empty cache folder and keep it (e.g. the one the "
+                             "notebooks use) instead of a temporary one")
     args = parser.parse_args(argv)
     limit_threads()
     profile = get_profile(args.profile)
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12s} {profile.width_of(name):6.3g} {train_rate:12.0f} {eval_rate:11.0f}",
               flush=True)
     if not args.throughput:
-        full_run(profile)
+        full_run(profile, args.keep)
     return 0
 
 

@@ -119,7 +119,7 @@ SMOKE = Profile(
     linear_dataset="fashion_mnist",
     image_size=32,
     widths=_per_model(1.0, 0.125, resnet20=0.5, resnet20_ln=0.5, resnet20_plain=0.5),
-    epochs=_per_model(2.0, 1.5, linear8=5.0, vgg16=2.0, resnet20=0.4, resnet20_ln=0.5,
+    epochs=_per_model(2.0, 1.5, linear8=5.0, vgg16=2.0, vgg16_ln=1.0, resnet20=0.4, resnet20_ln=0.5,
                       resnet20_plain=0.5, vgg11=1.0, vgg11_bn=0.33, vgg11_ln=1.0),
     train_subset=None,
     test_subset=2000,
@@ -145,14 +145,27 @@ augmentation (it only slows down runs this short), the Table 2 recipe otherwise,
 decay at the same fractions of the (short) run. Sizes and their measured costs on the 2-core
 CPU here (torch 2.13, 2 threads, channels-last; accuracy on the full test set):
 
-SMOKE_COSTS
+    model        width  epochs  train img/s  s per endpoint  test accuracy (seeds 1 / 2)
+    linear8      1      5       41,000       12              79.99 / 76.35
+    linear5(_res) 1    2        45-56,000    3-4             80.66 / 77.67 (82.65 / 81.57)
+    vgg16        1/8    2       2,600        45              84.48 / 68.28
+    vgg16_bn     1/8    1.5     1,840        46              89.64 / 90.06
+    vgg16_ln     1/8    1       2,130        30              81.25 / 82.85
+    resnet20     1/2    0.4     910          29              80.36 / 81.39
+    resnet20_ln  1/2    0.5     790          35              68.79 / 69.71
+    vgg11_bn     1/8    0.33    3,290        6               83.99 / 84.16 (lr 0.01: 68.73 / 73.17)
+    vgg11        1/8    1       5,190        14              78.59 / 80.27 (wd 5e-4: 55.48 / 48.46)
+
+All 32 notebook endpoints (`vfcore.train.notebook_endpoints`) train in 557 s from an empty cache
+(`python benchmarks/bench_train.py`, peak RSS 0.9 GiB).
 
 Where it departs from Table 2, and why:
 - Norm-free VGGs train at lr 0.05 (not 0.1): the paper's init (N(0, 0.01) head) leaves them on
   the chance plateau for the first ~100-300 iterations, which lr 0.05 escapes and 0.08-0.1
   never does in a run this short; lr 0.02 does not escape either.
 - VGG-LN trains at lr 0.03: at 0.1 it collapses to chance within the first epoch.
-- ResNet20-LN: SMOKE_RESNET_LN
+- ResNet20-LN trains with Adam at lr 5e-4 (after the paper's warm-up fraction): SGD at lr 0.1
+  with warm-up stayed near chance for the whole half epoch.
 - ResNet20-4x (`wide_resnet_width`) is 1x here: the 4x model is 16 times the compute.
 """
 

@@ -24,11 +24,12 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
     """The numbered notebooks, in order; `only` keeps those whose name starts with a prefix."""
-    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        paths = [p for p in paths if any(p.name.startswith(o) for o in only)]
-        if not paths:
-            raise SystemExit(f"no notebook matches {only}; have {[p.name for p in paths]}")
+    every = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if not only:
+        return every
+    paths = [p for p in every if any(p.name.startswith(o) for o in only)]
+    if not paths:
+        raise SystemExit(f"no notebook matches {only}; have {[p.name for p in every]}")
     return paths
 
 
