@@ -12,6 +12,7 @@ go to figures/<profile>/. All notebooks share the endpoint cache, so each endpoi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,16 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     if not paths:
         raise SystemExit(f"no notebook matches {only}; have {[p.name for p in every]}")
     return paths
+
+
+def _portable_metadata(executed: Path, source: Path, out: Path) -> None:
+    """Record repository-relative notebook paths in papermill's metadata, not this machine's."""
+    root = NOTEBOOKS.parent
+    nb = json.loads(executed.read_text(encoding="utf-8"))
+    meta = nb.get("metadata", {}).get("papermill", {})
+    meta["input_path"] = str(source.relative_to(root))
+    meta["output_path"] = str(out.relative_to(root))
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def output_path(notebook: Path, profile: str) -> Path:
@@ -53,6 +64,7 @@ def run(profile: str, device: str, only: list[str] | None = None) -> list[tuple[
                 str(nb), str(tmp), parameters={"profile": profile, "device": device},
                 kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
                 request_save_on_cell_execute=False)
+            _portable_metadata(tmp, nb, out)
         seconds = time.perf_counter() - start
         timings.append((nb.name, seconds))
         print(f"[{i}/{len(paths)}] {nb.name} done in {seconds:.0f} s", flush=True)
