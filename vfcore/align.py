@@ -25,6 +25,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .device import model_device
 from .hooks import hooked, outputs_of
 from .models import check_compatible
 from .spec import PermutationSpec, spec_for
@@ -394,10 +395,6 @@ class FeatureStats:
         return self.count
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _inputs(batch: torch.Tensor | tuple | list) -> torch.Tensor:
     x = batch[0] if isinstance(batch, tuple | list) else batch
     if not isinstance(x, torch.Tensor):
@@ -462,7 +459,7 @@ def feature_statistics(model_a: nn.Module, model_b: nn.Module,
     """
     spec = _feature_spec(model_a, model_b, spec)
     group_of = {name: g for g, names in spec.features.items() for name in names}
-    device = _device(model_a)
+    device = model_device(model_a)
     stats: dict[str, FeatureStats] = {}
     with _eval_mode(model_a, model_b):
         for batch in batches:
@@ -504,8 +501,8 @@ def check_equivalent(model: nn.Module, other: nn.Module, x: torch.Tensor, *, rto
     Raises ValueError when the outputs are not allclose: the two do not compute one function.
     """
     with _eval_mode(model, other):
-        x = x.to(_device(model))
-        y, z = model(x), other(x.to(_device(other))).to(x.device)
+        x = x.to(model_device(model))
+        y, z = model(x), other(x.to(model_device(other))).to(x.device)
     diff = float((y - z).abs().max())
     if not torch.allclose(z, y, rtol=rtol, atol=atol):
         raise ValueError(f"the models compute different functions: max abs output difference "

@@ -52,3 +52,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
     return resolved
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where `model`'s parameters live (the CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

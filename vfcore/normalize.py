@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .device import model_device
 from .hooks import StopForward, hooked, module
 from .merge import State, check_states, interpolate
 from .models import MLP, VGG, LinearNet, ResidualLinear, ResNet, check_compatible, has_batchnorm
@@ -47,11 +48,6 @@ def _check_batches(batches: Iterable[Batch], reiterable: bool) -> None:
     if reiterable and isinstance(batches, Iterator):
         raise TypeError("batches is an iterator, but this pass iterates it several times; "
                         "pass a list, e.g. list(batches(...))")
-
-
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 @contextmanager
@@ -135,7 +131,7 @@ class _Feed:
 
     def __init__(self, model: nn.Module, batches: Iterable[Batch], max_cache_bytes: int = 0):
         self.model, self.batches, self.max_cache_bytes = model, batches, max_cache_bytes
-        self.device = _device(model)
+        self.device = model_device(model)
         self.order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         self.cut: str | None = None
         self.cache: list[torch.Tensor] = []
@@ -236,7 +232,7 @@ def reset_bn(model: nn.Module, batches: Iterable[Batch]) -> nn.Module:
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    device = _device(out)
+    device = model_device(out)
     n_batches = 0
     with torch.no_grad():
         for batch in batches:

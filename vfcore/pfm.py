@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .align import Alignment, map_features, unmap_features
+from .device import model_device
 from .hooks import StopForward, hooked, module
 from .merge import check_alpha, interpolate
 from .models import ModelConfig, ResNet, check_compatible, model_config, num_parameters, rebuild
@@ -164,7 +165,6 @@ class PFMModel(_TwoEndpoints):
                 self.register_buffer(f"cut_scale_{i}", torch.ones(channels))
                 self.register_buffer(f"cut_shift_{i}", torch.zeros(channels))
 
-
     def crossing(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The averaged cut tensors in merged coordinates, affine corrections applied."""
         per_model = [_capture(m, self.cuts, x) for m in self.endpoints]
@@ -257,7 +257,6 @@ class PartialZipModel(_TwoEndpoints):
         spec = spec_for(merged)
         self.groups = [spec.axes[c.key][c.axis] for c in self.cuts]
         self.maps = alignment.maps
-
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_merged == len(self.merged.weight_layers):
@@ -365,7 +364,7 @@ def pfm_cost(model: nn.Module, n_preserved: int, input_shape: tuple[int, ...] | 
     """
     c = model_config(model)
     shape = input_shape or (1, c.in_channels, c.image_size, c.image_size)
-    x = torch.zeros(shape, device=next(model.parameters()).device)
+    x = torch.zeros(shape, device=model_device(model))
     was_training = model.training
     model.eval()
     base_macs, _ = _macs_and_params_run(model, x, None)

@@ -33,8 +33,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import DATASETS, ImageSet, batches, load_dataset
-from .device import limit_threads, resolve_device
-from .io import atomic_path
+from .device import limit_threads, model_device, resolve_device
+from .io import atomic_write_bytes, atomic_write_text
 from .models import ARCHITECTURES, build_model, model_config
 from .profiles import LINEAR_MODELS, Profile, get_profile
 
@@ -206,11 +206,6 @@ def pad_for(model: nn.Module, data: ImageSet) -> int | None:
     return None if height == width == config.image_size else config.image_size
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    return torch.device("cpu") if tensor is None else tensor.device
-
-
 def input_batches(model: nn.Module, data: ImageSet, batch_size: int, *, augment: bool = False,
                   shuffle: bool = False, seed: int = 0, limit: int | None = None,
                   device: str | torch.device | None = None
@@ -219,7 +214,7 @@ def input_batches(model: nn.Module, data: ImageSet, batch_size: int, *, augment:
 
     `device` defaults to the model's device.
     """
-    target = _model_device(model) if device is None else resolve_device(device)
+    target = model_device(model) if device is None else resolve_device(device)
     return batches(data, batch_size, shuffle=shuffle, augment=augment, seed=seed, device=target,
                    pad_to=pad_for(model, data), channels_last=is_cnn(model), limit=limit)
 
@@ -249,7 +244,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _prepare(model: nn.Module, device: str | torch.device | None) -> torch.device:
     """Move `model` to `device` (default: where it is) and return that device."""
-    target = _model_device(model) if device is None else resolve_device(device)
+    target = model_device(model) if device is None else resolve_device(device)
     model.to(target)
     return target
 
@@ -308,11 +303,6 @@ def _deterministic_cudnn() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-
-
-def _save_atomic(path: Path, payload: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -399,9 +389,10 @@ def train(model: nn.Module, data: ImageSet, recipe: Recipe, *, seed: int,
                                    f"lower the learning rate (now {recipe.lr})")
             bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
             if path is not None:
-                _save_atomic(path, _to_bytes({
-                    "run": run, "epoch": epoch + 1, "step": step, "model": _cpu_state(model),
-                    "optimizer": optimizer.state_dict()}))
+                payload = _to_bytes({"run": run, "epoch": epoch + 1, "step": step,
+                                     "model": _cpu_state(model),
+                                     "optimizer": optimizer.state_dict()})
+                atomic_write_bytes(path, payload)
             if on_epoch is not None:
                 on_epoch(epoch, mean_loss)
     return model.eval()
@@ -501,10 +492,9 @@ def _load_cached(model: nn.Module, folder: Path, key: str) -> bool:
 def _store(model: nn.Module, folder: Path, key: str, meta: dict[str, Any]) -> None:
     """Write `<key>.pt` then its sidecar `<key>.json`, each atomically."""
     payload = _to_bytes({"state": _cpu_state(model), "meta": meta})
-    _save_atomic(folder / f"{key}.pt", payload)
+    atomic_write_bytes(folder / f"{key}.pt", payload)
     sidecar = {"key": key, "sha256": hashlib.sha256(payload).hexdigest(), "meta": meta}
-    _save_atomic(folder / f"{key}.json",
-                 json.dumps(sidecar, indent=1, sort_keys=True).encode("utf-8"))
+    atomic_write_text(folder / f"{key}.json", json.dumps(sidecar, indent=1, sort_keys=True))
 
 
 def _data_shape(dataset: str | ImageSet) -> tuple[int, int, int]:
