@@ -1,19 +1,34 @@
 # The two commands of the README: `make reproduce` (the main job) and `make test`.
 PYTHON ?= python3
 PROFILE ?= smoke
+# Endpoints trained at once (each on one thread): the usable cores by default.
+WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))")
 # torch is pinned here, not in pyproject.toml: an unpinned install pulls the newest CUDA build.
 TORCH ?= torch==2.13.0
+# Where the test suite's notebooks write, so that `make test` leaves the committed figures alone.
+TEST_FIGURES ?= build/test-figures
 
-.PHONY: install reproduce test lint
+.PHONY: install reproduce test lint site
 
 install:
-	$(PYTHON) -m pip install -q "$(TORCH)" -e ".[notebooks,test]"
+	$(PYTHON) -m pip install -q "$(TORCH)" -e ".[notebooks,test,docs]"
 
 reproduce: install
-	$(PYTHON) -m vfcore.reproduce --profile $(PROFILE)
+	$(PYTHON) -m vfcore.reproduce --profile $(PROFILE) --workers $(WORKERS)
 
+# Unit tests, the paper-structured toy profile over every notebook, the smoke notebooks (nbval),
+# then the claims guard: regenerated smoke claims against the committed ones.
 test: install
-	$(PYTHON) -m pytest tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg
+	$(PYTHON) -m vfcore.reproduce --profile smoke --train-only --workers $(WORKERS)
+	rm -rf $(TEST_FIGURES)
+	VFCORE_FIGURES=$(TEST_FIGURES) $(PYTHON) -m pytest tests notebooks --nbval-lax \
+		--sanitize-with notebooks/sanitize.cfg
+	$(PYTHON) -m vfcore.claims guard $(TEST_FIGURES)/smoke figures/smoke
 
 lint:
 	$(PYTHON) -m ruff check .
+
+# The committed, executed notebooks as a static HTML site in build/site/ (runs no notebook,
+# fetches nothing); open build/site/index.html.
+site: install
+	$(PYTHON) docs/build.py --out build/site

@@ -1,4 +1,6 @@
-"""Known-answer tests of vfcore.align: permutations, dense maps, weight and activation matching."""
+"""Known-answer tests of alignment: permutations and dense maps (vfcore.transform), weight
+matching (vfcore.weight_matching), feature statistics and activation matching (vfcore.features),
+and the `align` entry point (vfcore.align)."""
 
 from __future__ import annotations
 
@@ -8,22 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-from vfcore.align import (
+from vfcore.align import align, check_equivalent
+from vfcore.features import (
     FeatureStats,
-    align,
-    check_equivalent,
+    activation_matching,
     feature_statistics,
-    map_features,
-    match_weights,
-    matching_objective,
-    permute,
-    transform,
-    unmap_features,
-    weight_matching,
+    read_points,
 )
+from vfcore.hooks import outputs_of
 from vfcore.merge import merged_model
 from vfcore.models import build_model
 from vfcore.spec import PermutationSpec, spec_for
+from vfcore.transform import map_features, permute, transform, unmap_features
+from vfcore.weight_matching import match_weights, matching_objective, weight_matching
 
 torch.set_num_threads(1)  # tiny models: a second thread only adds contention
 
@@ -162,6 +161,18 @@ def test_spec_misfit_is_an_error() -> None:
         weight_matching(spec, state, narrow)
 
 
+def test_check_pair_gives_group_sizes_and_rejects_mismatched_states() -> None:
+    model = live_model("mlp")
+    spec, state = spec_for(model), model.state_dict()
+    assert spec.check_pair(state, live_model("mlp", 1).state_dict()) == spec.check(state)
+    narrow = build_model("mlp", width=1 / 64, in_channels=1, image_size=4).state_dict()
+    with pytest.raises(ValueError, match="different group sizes"):
+        spec.check_pair(state, narrow)
+    other_input = state | {"layers.0.weight": torch.zeros(16, 9)}  # an axis no group owns
+    with pytest.raises(ValueError, match="layers.0.weight: shapes .* differ"):
+        spec.check_pair(state, other_input)
+
+
 def test_mismatched_models_are_rejected() -> None:
     a = live_model("resnet20")
     with pytest.raises(ValueError, match="differ"):
@@ -197,6 +208,15 @@ def test_check_equivalent_reports_a_difference() -> None:
     with pytest.raises(ValueError, match="different functions"):
         check_equivalent(a, b, inputs("mlp"))
     assert check_equivalent(a, a, inputs("mlp")) == 0.0
+
+
+@pytest.mark.parametrize("method", ["direct", "wm", "am", "cca"])
+def test_at_is_the_identity_for_methods_whose_maps_ignore_alpha(method: str) -> None:
+    model, other, _, _ = planted_pair("mlp")
+    alignment = align(model, other, method, inputs("mlp").split(64))
+    assert alignment.alpha == 0.5
+    for alpha in (0.0, 0.3, 1.0):
+        assert alignment.at(alpha) is alignment
 
 
 # ----------------------------------------------------------------------------- weight matching
@@ -297,7 +317,8 @@ def test_transform_rules_for_outputs_inputs_and_running_var() -> None:
     U = torch.randn(d, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = transform(spec, {"features.0": (T, U)}, state)
     var = state["features.1.running_var"].double()
-    torch.testing.assert_close(out["features.1.running_var"].double(), (T * T) @ var,
+    # every per-channel tensor maps linearly, running variances included
+    torch.testing.assert_close(out["features.1.running_var"].double(), T @ var,
                                rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["features.1.running_mean"].double(),
                                T @ state["features.1.running_mean"].double(), rtol=1e-5, atol=1e-5)
@@ -308,30 +329,79 @@ def test_transform_rules_for_outputs_inputs_and_running_var() -> None:
                        state["features.1.num_batches_tracked"])
 
 
-def test_feature_statistics_match_direct_moments() -> None:
+def test_feature_statistics_restore_modes_and_need_inputs() -> None:
     a, b = live_model("vgg11", 0), live_model("vgg11", 1)
     a.train()
     x = inputs("vgg11", n=32)
     stats = feature_statistics(a, b, [(x[:20], None), x[20:]])
     assert a.training and not b.training
-    with torch.no_grad():
-        fa = a.eval().features[:2](x)   # features.1 is the first ReLU
-        fb = b.features[:2](x)
-    s = stats["features.0"]
-    samples = torch.cat([fa, fb], 1).movedim(1, -1).reshape(-1, 2 * s.d).double()
-    assert s.count == len(samples)
-    torch.testing.assert_close(s.mean, samples.mean(0))
-    torch.testing.assert_close(s.cov, torch.cov(samples.T, correction=0))
-    torch.testing.assert_close(s.corr, torch.corrcoef(samples.T))
+    assert stats["features.0"].moments.count == 32 * 16 * 16
     with pytest.raises(ValueError, match="no inputs"):
         feature_statistics(a, b, [])
 
 
-def test_correlation_ignores_scale_and_zeroes_dead_units() -> None:
+def test_feature_statistics_match_direct_moments() -> None:
+    a, b = live_model("vgg11", 0), live_model("vgg11", 1)
+    x = inputs("vgg11", n=32)
+    stats = feature_statistics(a, b, [(x[:20], None), x[20:]])
+    with torch.no_grad():
+        fa = a.features[:2](x)   # features.1 is the first ReLU
+        fb = b.features[:2](x)
+    s = stats["features.0"]
+    samples = torch.cat([fa, fb], 1).movedim(1, -1).reshape(-1, 2 * s.d).double()
+    assert s.moments.count == len(samples)
+    torch.testing.assert_close(s.mean, samples.mean(0))
+    torch.testing.assert_close(s.cov, torch.cov(samples.T, correction=0))
+    torch.testing.assert_close(s.corr, torch.corrcoef(samples.T))
+
+
+def test_correlation_ignores_scale() -> None:
     s = FeatureStats(2)
     g = torch.Generator().manual_seed(0)
     f = torch.randn(100, 2, generator=g) * 1e-9
     s.add(f, torch.stack([f[:, 1] * 3, torch.zeros(100)], 1))
-    corr = s.corr
-    torch.testing.assert_close(corr[1, 2], torch.tensor(1.0, dtype=torch.float64))
-    assert corr[3].abs().max() == 0
+    torch.testing.assert_close(s.corr[1, 2], torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_correlation_zeroes_dead_units() -> None:
+    s = FeatureStats(2)
+    f = torch.randn(100, 2, generator=torch.Generator().manual_seed(0)) * 1e-9
+    s.add(f, torch.stack([f[:, 1] * 3, torch.zeros(100)], 1))
+    assert s.corr[3].abs().max() == 0 and s.corr[:, 3].abs().max() == 0
+
+
+def test_reads_last_takes_each_stage_output_and_all_pools_every_read_point() -> None:
+    # float64 models: the moments are then exact to float64 rounding whatever their sums' dtype
+    a, b = live_model("resnet20", 0).double(), live_model("resnet20", 1).double()
+    spec = spec_for(a)
+    everything, last_only = read_points(spec, "all"), read_points(spec)
+    stream = ["relu", "blocks.0.relu2", "blocks.1.relu2", "blocks.2.relu2"]
+    (first,) = [g for g, names in everything.items() if names == stream]  # stage 1's stream
+    (inner,) = [g for g, names in everything.items() if names == ["blocks.0.relu1"]]
+    assert last_only[first] == ["blocks.2.relu2"]      # the output of the stage's last block
+    assert last_only[inner] == ["blocks.0.relu1"]
+    assert all(last_only[g] == names[-1:] for g, names in everything.items())
+    with pytest.raises(ValueError, match="unknown feature reads"):
+        read_points(spec, "first")
+    x = inputs("resnet20", n=16).double()
+    last, pooled = feature_statistics(a, b, [x]), feature_statistics(a, b, [x], reads="all")
+    fa, fb = outputs_of(a, stream, x), outputs_of(b, stream, x)
+    d = last[first].d
+    for stats, names in ((last, stream[-1:]), (pooled, stream)):
+        samples = torch.cat([torch.cat([fa[n], fb[n]], 1).movedim(1, -1).reshape(-1, 2 * d)
+                             for n in names])
+        s = stats[first]
+        assert s.moments.count == len(samples)
+        torch.testing.assert_close(s.mean, samples.mean(0))
+        torch.testing.assert_close(s.cov, torch.cov(samples.T, correction=0))
+    torch.testing.assert_close(last[inner].cov, pooled[inner].cov)
+
+
+@pytest.mark.parametrize("reads", ["last", "all"])
+def test_activation_matching_recovers_a_resnet_permutation_with_either_reads(reads: str) -> None:
+    model, other, spec, planted = planted_pair("resnet20")
+    batches = inputs("resnet20").split(64)
+    perms = activation_matching(model, other, batches, spec, reads=reads)
+    assert undoes(planted, perms)
+    aligned = align(model, other, "am", batches, reads=reads).maps[1]
+    assert all(torch.equal(aligned[g], p) for g, p in perms.items())

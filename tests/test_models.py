@@ -40,6 +40,16 @@ def test_channel_layernorm_normalises_channels_at_each_position():
     assert torch.allclose(y.var(1, unbiased=False), torch.ones(2, 3, 3), atol=1e-3)
 
 
+def test_channel_layernorm_keeps_the_input_memory_layout():
+    norm = ChannelLayerNorm(6)
+    x = torch.randn(2, 6, 3, 4)
+    y = norm(x)
+    assert y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
+    z = norm(x.contiguous(memory_format=torch.channels_last))
+    assert z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous()
+    assert torch.equal(y, z)
+
+
 def test_linear_net_init_and_residual():
     net = build_model("linear5_res", in_channels=1, image_size=28)
     assert abs(net.layers[1].weight.std().item() - 0.005) < 0.001

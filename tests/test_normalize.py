@@ -23,7 +23,7 @@ from vfcore.normalize import (
 
 ALPHA = 0.3
 WEIGHTS = [1 - ALPHA, ALPHA]
-SIZES = {"vgg11": 16, "vgg16": 16, "vgg11_bn": 16}
+SIZES = {"vgg11": 16, "vgg16": 16, "vgg11_bn": 16, "vgg11_ln": 16}  # VGGs pool 5 times
 
 
 def make(name: str, seed: int) -> nn.Module:
@@ -50,7 +50,7 @@ def data(name: str, sizes=(16, 16, 16), seed: int = 0) -> list[torch.Tensor]:
 
 def direct_stats(model: nn.Module, names: list[str], batches) -> dict:
     """Per-channel mean and population std computed on all batches at once (not streamed)."""
-    outs = outputs_of(model, names, torch.cat(batches), stop_early=False)
+    outs = outputs_of(model, names, torch.cat(batches))
     flat = {n: o.double().transpose(0, 1).flatten(1) for n, o in outs.items()}
     return {n: (f.mean(1), f.std(1, correction=0)) for n, f in flat.items()}
 

@@ -2,12 +2,22 @@ import pytest
 import torch
 from torch import nn
 
-from vfcore.align import align, permute
+from vfcore.align import align
 from vfcore.merge import interpolate
 from vfcore.models import build_model, num_parameters
-from vfcore.normalize import channel_stats, repair, repair_layers, reset_bn
-from vfcore.pfm import cuts, partial_zip, pfm_cost, preserve_first_merge
+from vfcore.normalize import (
+    bias_calibrated_state,
+    channel_stats,
+    remove_biases,
+    repair,
+    repair_layers,
+    reset_bn,
+)
+from vfcore.pfm import PFMModel, partial_zip, pfm_cost, preserve_first_merge
+from vfcore.pipeline import aligned_models, merge_models
 from vfcore.spec import spec_for
+from vfcore.trace import structure
+from vfcore.transform import permute
 
 torch.set_num_threads(1)
 
@@ -101,14 +111,16 @@ def test_vgg_pfm_equals_a_hand_built_one():
 
 
 def test_resnet_cut_inside_a_block_crosses_two_tensors():
-    model = build_model("resnet20", width=0.25)
-    assert [c.kind for c in cuts(model, 6)] == ["input", "output"]
-    assert cuts(model, 6)[1].module == "blocks.2.conv1"
-    assert [c.module for c in cuts(model, 1)] == ["conv"]
+    net = structure(build_model("resnet20", width=0.25))
+    inside = net.cut(6)  # block 2's input (for the shortcut) and its conv1 output
+    assert [v.name for v in inside.live] == ["blocks_1_relu2", "blocks_2_conv1"]
+    assert inside.boundary == "blocks.2.conv1" and inside.boundary_value == 1
+    first = net.cut(1)
+    assert first.boundary == "conv" and [v.name for v in first.live] == ["conv"]
     with pytest.raises(ValueError, match=r"\[0, 20\]"):
-        cuts(model, 21)
+        net.cut(21)
     with pytest.raises(ValueError, match=r"\[0, 20\]"):
-        cuts(model, -1)
+        net.cut(-1)
 
 
 def test_costs_reproduce_the_papers_counts():
@@ -145,8 +157,8 @@ def test_repair_of_a_pfm_model_hits_its_targets(name, n):
         m.load_state_dict(state)
         refs.append(m)
     repaired = repair(pfm, refs, [0.5, 0.5], calib, eps=0.0)
-    measured = [t for t, _, _ in repaired.repair_targets(repair_layers(repaired))]
-    names = [m.removeprefix("merged.") for m in measured]
+    targets = repaired.repair_targets(repair_layers(repaired))
+    measured, names = [path for path, _, _ in targets], [layer for _, layer, _ in targets]
     target = [channel_stats(r, names, calib) for r in refs]
     got = channel_stats(repaired, measured, calib)
     for path, layer in zip(measured, names, strict=True):
@@ -170,3 +182,78 @@ def test_reset_of_a_pfm_model_leaves_the_endpoints_alone():
 def test_mismatched_endpoints_are_refused():
     with pytest.raises(ValueError, match="differ"):
         preserve_first_merge(tiny("vgg11", 0), tiny("vgg11_bn", 0), 1)
+
+
+# --- merge_models: one table cell of the paper -------------------------------------------------
+
+
+def biased(name: str, seed: int) -> nn.Module:
+    """`tiny` with nonzero conv/linear biases, so that bias options change the merge."""
+    model = tiny(name, seed)
+    with torch.no_grad():
+        for layer in model.weight_layers:
+            model.get_submodule(layer).bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def same(state: dict, want: dict) -> bool:
+    return state.keys() == want.keys() and all(torch.equal(v, want[k]) for k, v in state.items())
+
+
+def test_merge_models_plain_merge_is_a_plain_model():
+    a, b = biased("vgg11", 0), biased("vgg11", 1)
+    alignment = align(a, b, "wm")
+    merged = merge_models(a, b, alignment, alpha=0.3)
+    assert type(merged) is type(a) and not merged.training
+    assert same(merged.state_dict(), interpolate(*alignment.states, 0.3))
+    pfm = merge_models(a, b, alignment, alpha=0.3, n_preserved=2)
+    assert isinstance(pfm, PFMModel) and pfm.n_preserved == 2
+    assert same(pfm.merged.state_dict(), merged.state_dict())
+
+
+def test_merge_models_bias_options():
+    a, b = biased("vgg11", 0), biased("vgg11", 1)
+    alignment = align(a, b, "wm")
+    plain = merge_models(a, b, alignment, alpha=0.3)
+    removed = merge_models(a, b, alignment, alpha=0.3, removed_biases=2)
+    assert same(removed.state_dict(), remove_biases(plain, 2).state_dict())
+    assert not same(removed.state_dict(), plain.state_dict())
+    pfm = merge_models(a, b, alignment, alpha=0.3, n_preserved=2, removed_biases=2)
+    assert same(pfm.merged.state_dict(), removed.state_dict())
+    calibrated = merge_models(a, b, alignment, alpha=0.3, bias_calibration=True)
+    assert same(calibrated.state_dict(), bias_calibrated_state(a, *alignment.states, 0.3))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(removed_biases=0), "at least one layer"),
+    (dict(removed_biases=-1), "at least one layer"),
+    (dict(removed_biases=1, bias_calibration=True), "not both"),
+    (dict(norm="bn"), "unknown normalisation"),
+    (dict(norm="repair"), "needs calibration batches"),
+    (dict(alpha=1.5), "alpha"),
+])
+def test_merge_models_rejects_bad_options(options, message):
+    a, b = tiny("vgg11", 0), tiny("vgg11", 1)
+    with pytest.raises(ValueError, match=message):
+        merge_models(a, b, align(a, b, "direct"), **options)
+
+
+def test_merge_models_normalises_towards_the_alpha_weighted_endpoints():
+    a, b = biased("vgg11_bn", 0), biased("vgg11_bn", 1)
+    alignment = align(a, b, "wm")
+    batches = [inputs(a, 16, seed=s) for s in range(2)]
+    plain = merge_models(a, b, alignment, alpha=0.3)
+    reset = merge_models(a, b, alignment, alpha=0.3, norm="reset", calibration=batches)
+    assert same(reset.state_dict(), reset_bn(plain, batches).state_dict())
+    repaired = merge_models(a, b, alignment, alpha=0.3, norm="repair", calibration=batches)
+    want = repair(plain, aligned_models(a, alignment), [0.7, 0.3], batches, mode="repair")
+    for key, value in want.state_dict().items():
+        torch.testing.assert_close(repaired.state_dict()[key], value, msg=key)
+
+
+def test_merge_models_builds_zipit_maps_for_its_alpha():
+    a, b = tiny("vgg11", 0), tiny("vgg11", 1)
+    zipped = align(a, b, "zipit", [inputs(a, 32)])
+    merged = merge_models(a, b, zipped, alpha=0.3)
+    assert same(merged.state_dict(), interpolate(*zipped.at(0.3).states, 0.3))
+    assert not same(merged.state_dict(), interpolate(*zipped.states, 0.3))

@@ -15,7 +15,8 @@ def test_get_profile_by_name_and_default():
     assert get_profile() is get_profile("smoke") is SMOKE
     assert get_profile("paper").name == "paper"
     assert get_profile(SMOKE) is SMOKE
-    assert set(PROFILES) == {"smoke", "paper"}
+    assert {"smoke", "paper", "paper_tiny"} <= set(PROFILES)
+    assert all(get_profile(name).name == name for name in PROFILES)
 
 
 def test_unknown_profile_lists_the_known_ones():
@@ -30,18 +31,22 @@ def test_paper_profile_matches_the_paper():
     assert all(p.width_of(m) == 1.0 for m in ARCHITECTURES)
     assert p.epochs_of("vgg16_bn") == p.epochs_of("resnet20_ln") == 160
     assert p.epochs_of("linear8") == 5 and p.epochs_of("linear5_res") == 20
-    assert p.train_subset is None and p.test_subset is None
-    assert p.calibration_images == 50_000
+    assert p.test_images is None and p.augment
+    assert p.calibration_images == p.measure_images == 50_000
+    assert p.extra_datasets == ("cifar100",) and p.alphas == 11
     assert p.lr_sweep == (0.01, 0.03, 0.05, 0.07, 0.1)
     assert p.wd_sweep == (1e-4, 2e-4, 3e-4, 4e-4, 5e-4)
     assert p.sparsities[-3:] == (0.9, 0.95, 0.99) and len(p.sparsities) == 11
-    assert p.wide_resnet_width == 4.0
+    # Fig. 6 sweeps ResNet20 and ResNet20-LN at 4x width, VGGs at the profile's width
+    assert dict(p.lr_sweep_models) == {"vgg16_bn": None, "vgg16_ln": None, "resnet20": 4.0,
+                                       "resnet20_ln": 4.0}
+    assert p.recipe_overrides == {}
 
 
 def test_paper_pairs_use_three_models_once_each():
     p = get_profile("paper")
     pairs = [p.seeds(i) for i in range(p.pairs)]
-    assert pairs == [(1, 2), (2, 3), (1, 3)]
+    assert pairs == [(1, 2), (2, 3), (1, 3)] and p.models == 3
     with pytest.raises(ValueError, match="pair 3 is outside 0..2"):
         p.seeds(3)
 
@@ -58,13 +63,17 @@ def test_paper_widths_give_the_paper_parameter_counts(name, count):
 def test_smoke_profile_is_complete():
     p = get_profile("smoke")
     assert p.dataset == p.linear_dataset == "fashion_mnist"
-    assert p.image_size == 32 and p.pairs == 1 and p.seeds(0) == (1, 2)
+    assert p.image_size == 32 and p.pairs == 2 and p.models == 3
+    assert [p.seeds(i) for i in range(p.pairs)] == [(1, 2), (2, 3)]
     for name in ARCHITECTURES:
         assert p.width_of(name) > 0 and p.epochs_of(name) > 0
         assert p.dataset_for(name) == "fashion_mnist"
-    assert p.sweep_model in ARCHITECTURES and len(p.lr_sweep) >= 3 and len(p.wd_sweep) >= 3
+    sweep_models = p.lr_sweep_models + p.wd_sweep_models
+    assert sweep_models and all(m in ARCHITECTURES for m, _ in sweep_models)
+    assert len(p.lr_sweep) >= 2 and len(p.wd_sweep) >= 2
     assert all(0 <= s < 1 for s in p.sparsities)
-    assert 0 < p.calibration_images <= 60_000
+    assert 0 < p.calibration_images <= 60_000 and 0 < p.measure_images <= 60_000
+    assert all(0 < n <= p.calibration_images for n in p.calibration_counts)
 
 
 def test_dataset_for_splits_linear_nets_from_cnns():
@@ -89,6 +98,17 @@ def test_invalid_profiles_are_rejected():
         dataclasses.replace(SMOKE, sparsities=(0.5, 1.0))
     with pytest.raises(ValueError, match="pairs"):
         dataclasses.replace(SMOKE, pairs=4)
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
+        dataclasses.replace(SMOKE, extra_datasets=("svhn",))
+    with pytest.raises(ValueError, match="unknown sweep models"):
+        dataclasses.replace(SMOKE, lr_sweep_models=(("vgg19", None),))
+    with pytest.raises(ValueError, match="alphas"):
+        dataclasses.replace(SMOKE, alphas=2)
+
+
+def test_one_pair_needs_two_models_and_more_pairs_three():
+    assert dataclasses.replace(SMOKE, pairs=1).models == 2
+    assert dataclasses.replace(SMOKE, pairs=3).models == 3
 
 
 def test_profiles_are_frozen():
@@ -96,3 +116,12 @@ def test_profiles_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.pairs = 1  # type: ignore[misc]
     assert math.isclose(sum(p.seeds(0)), 3)
+
+
+def test_paper_tiny_has_the_paper_structure():
+    tiny, paper = get_profile("paper_tiny"), get_profile("paper")
+    for name in ("dataset", "linear_dataset", "extra_datasets", "image_size", "pairs",
+                 "partial_stride", "alphas", "batch_size", "augment", "recipe_overrides"):
+        assert getattr(tiny, name) == getattr(paper, name), name
+    assert tiny.wm_restarts > 1  # restarts are exercised
+    assert any(width is not None for _, width in tiny.lr_sweep_models + tiny.wd_sweep_models)

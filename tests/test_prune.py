@@ -119,7 +119,7 @@ def test_normalize_pruned_resets_batchnorm_models():
 
 
 def stats(model: nn.Module, names: list[str], batches) -> dict:
-    outs = outputs_of(model, names, torch.cat(batches), stop_early=False)
+    outs = outputs_of(model, names, torch.cat(batches))
     flat = {n: o.double().transpose(0, 1).flatten(1) for n, o in outs.items()}
     return {n: (f.mean(1), f.std(1, correction=0)) for n, f in flat.items()}
 

@@ -1,4 +1,5 @@
-"""Training, evaluation and the endpoint cache, on tiny synthetic image sets (no real data)."""
+"""Recipes, training, evaluation and the endpoint cache, on tiny synthetic image sets (no real
+data)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,23 @@ import pickle
 import pytest
 import torch
 
-import vfcore.train as vt
+import vfcore.endpoints as ve
 from vfcore.data import ImageSet
 from vfcore.device import cpu_cores, limit_threads, resolve_device
-from vfcore.models import build_model
-from vfcore.profiles import SMOKE, get_profile
-from vfcore.train import (
-    PAPER_MILESTONES,
-    CheckpointError,
-    Recipe,
+from vfcore.endpoints import TRAIN_THREADS, TRAIN_VERSION, endpoint_pair, train_endpoint
+from vfcore.evaluation import (
     calibration_batches,
-    endpoint_pair,
-    epoch_seed,
+    channels_last,
     evaluate,
     input_batches,
-    load_checkpoint,
-    lr_factor,
+    memory_format,
     pad_for,
     predict,
-    recipe_for,
-    schedule,
-    train,
-    train_endpoint,
 )
+from vfcore.models import build_model
+from vfcore.profiles import SMOKE, get_profile
+from vfcore.recipes import PAPER_MILESTONES, Recipe, epoch_seed, lr_factor, recipe_for, schedule
+from vfcore.training import CheckpointError, _quiet, load_checkpoint, train
 
 
 def toy_set(n: int = 256, size: int = 8, classes: int = 4, seed: int = 0) -> ImageSet:
@@ -120,12 +115,23 @@ def test_bad_recipes_are_rejected():
         Recipe(milestones=(0.8, 0.5))
     with pytest.raises(ValueError, match="unknown model 'vgg19'"):
         recipe_for("vgg19", "paper")
+    with pytest.raises(ValueError, match="grad_clip"):
+        Recipe(grad_clip=0.0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Recipe(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="overrides unknown recipe fields"):
+        recipe_for("vgg16", dataclasses.replace(SMOKE, recipe_overrides={"vgg16": {"lrr": 1}}))
+
+
+def test_the_paper_uses_no_clipping_or_smoothing():
+    r = recipe_for("vgg16_bn", "paper")
+    assert r.grad_clip is None and r.label_smoothing == 0.0
 
 
 def test_schedule_hits_the_paper_decay_points():
     paper = recipe_for("vgg16", "paper")
-    per_epoch, steps, total = schedule(paper, 50_000)
-    assert (per_epoch, steps, total) == (50_000, 391, 62_560)
+    steps, total = schedule(paper, 50_000)
+    assert (steps, total) == (391, 62_560)
     assert lr_factor(31_999, total, paper) == 1.0
     assert lr_factor(32_000, total, paper) == pytest.approx(0.1)
     assert lr_factor(47_999, total, paper) == pytest.approx(0.1)
@@ -142,9 +148,13 @@ def test_schedule_warms_up_linearly():
     assert lr_factor(40_000, total, r) == pytest.approx(0.1)
 
 
-def test_fractional_epochs_and_subsets():
-    r = Recipe(batch_size=100, epochs=0.5, train_subset=1000)
-    assert schedule(r, 60_000) == (1000, 10, 5)
+def test_fractional_epochs():
+    r = Recipe(batch_size=100, epochs=0.5)
+    assert schedule(r, 1000) == (10, 5)
+    assert schedule(r, 60_000) == (600, 300)
+    assert schedule(dataclasses.replace(r, epochs=0.001), 1000) == (10, 1)  # at least one step
+    with pytest.raises(ValueError, match="empty"):
+        schedule(r, 0)
 
 
 # --- training ------------------------------------------------------------------------------
@@ -210,6 +220,31 @@ def test_checkpoint_of_another_run_is_ignored(tmp_path):
     assert epochs_run == [0, 1, 2]
 
 
+def test_grad_clip_caps_the_step():
+    data = toy_set(n=64)
+    recipe = Recipe(lr=1.0, momentum=0.0, weight_decay=0.0, batch_size=64, epochs=1,
+                    milestones=(), augment=False, grad_clip=1e-3)
+    before = torch.cat([p.detach().flatten().clone() for p in mlp().parameters()])
+    model = train(mlp(), data, recipe, seed=0, device="cpu", progress=False)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # one plain SGD step of lr 1 moves the weights by the clipped gradient, of norm grad_clip
+    assert float((after - before).norm()) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_label_smoothing_enters_the_loss():
+    data, s, losses = toy_set(n=100), 0.2, []
+    recipe = Recipe(lr=1e-9, momentum=0.0, weight_decay=0.0, batch_size=100, epochs=1,
+                    milestones=(), augment=False, label_smoothing=s)
+    train(constant_model(2), data, recipe, seed=0, device="cpu", progress=False,
+          on_epoch=lambda _e, loss: losses.append(loss))
+    # logits e_2 for every image: -log p_2 = lse - 1, -log p_k = lse otherwise (lse = log(e + 3));
+    # the smoothed loss (1 - s) (-log p_y) + s/4 sum_k (-log p_k) averages to
+    # lse - (1 - s) P(y = 2) - s/4
+    lse = math.log(math.e + 3)
+    share = (data.labels == 2).float().mean().item()
+    assert losses == [pytest.approx(lse - (1 - s) * share - s / 4, rel=1e-5)]
+
+
 def test_divergence_is_reported():
     recipe = dataclasses.replace(ADAM, lr=1e30, epochs=1)
     with pytest.raises(RuntimeError, match="diverged.*lower the learning rate"):
@@ -250,6 +285,22 @@ def test_pad_for_and_input_batches():
         pad_for(build_model("vgg11", width=0.125, in_channels=1, image_size=16), data)
     with pytest.raises(ValueError, match="1 channel.*expects 3"):
         pad_for(build_model("vgg11", width=0.125), data)
+
+
+def test_channels_last_except_with_narrow_strided_convolutions():
+    vgg = build_model("vgg11", width=0.125, image_size=16)     # no strided convolution
+    narrow = build_model("resnet20", width=0.25, image_size=8)  # 1x1 stride-2 conv on 4 channels
+    wide = build_model("resnet20", width=0.5, image_size=8)     # ... on 8 channels
+    assert channels_last(vgg) and channels_last(wide) and memory_format(wide) == torch.channels_last
+    assert not channels_last(narrow) and memory_format(narrow) == torch.contiguous_format
+    assert not channels_last(mlp()) and memory_format(mlp()) == torch.contiguous_format
+    images = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
+    rgb = ImageSet("rgb", True, images, torch.zeros(8, dtype=torch.long), 10, (0.5,) * 3,
+                   (0.5,) * 3)
+    for model, layout in ((narrow, False), (wide, True)):
+        x, _ = next(iter(input_batches(model, rgb, 4)))
+        assert x.is_contiguous(memory_format=torch.channels_last) == layout
+        assert x.is_contiguous() != layout
 
 
 def test_calibration_batches_are_seeded_and_sized():
@@ -298,13 +349,13 @@ def test_load_checkpoint_round_trip_and_refuses_code(tmp_path):
 
 def counting_train(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = vt.train
+    real = ve.train
 
     def wrapped(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vt, "train", wrapped)
+    monkeypatch.setattr(ve, "train", wrapped)
     return calls
 
 
@@ -319,12 +370,14 @@ def test_second_call_loads_from_cache(tmp_path, monkeypatch):
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".pt")
     sidecar = json.loads((tmp_path / files[0]).read_text())
     spec = sidecar["meta"]["spec"]
-    assert spec["seed"] == 1 and spec["model"]["name"] == "mlp" and spec["train_version"] == 1
+    assert spec["seed"] == 1 and spec["model"]["name"] == "mlp"
+    assert spec["train_version"] == TRAIN_VERSION
+    assert (spec["device"], spec["threads"]) == ("cpu", TRAIN_THREADS)
 
     def no_training(*_a, **_k):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(vt, "train", no_training)
+    monkeypatch.setattr(ve, "train", no_training)
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
@@ -344,6 +397,35 @@ def test_cache_key_separates_what_changes_weights(tmp_path):
     torch.manual_seed(2)
     other_init = build_model("mlp", width=1 / 16, num_classes=4, in_channels=1, image_size=8)
     assert not same_state(init, other_init)  # the seed also sets the initialisation
+
+
+def test_cpu_training_runs_on_the_pinned_thread_count(tmp_path, monkeypatch):
+    seen: list[int] = []
+    real = ve.train
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ve, "train", recording)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        endpoint(tmp_path)
+        assert seen == [TRAIN_THREADS] == [1]
+        assert torch.get_num_threads() == 2  # restored after training
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cache_key_includes_the_device_type_and_thread_count(monkeypatch):
+    job = ve.endpoint("mlp", toy_set(), seed=1, profile=TINY, device="cpu")
+    assert (job.spec["device"], job.spec["threads"]) == ("cpu", TRAIN_THREADS)
+    monkeypatch.setattr(ve, "TRAIN_THREADS", TRAIN_THREADS + 1)
+    again = ve.endpoint("mlp", toy_set(), seed=1, profile=TINY, device="cpu")
+    assert again.spec["threads"] == TRAIN_THREADS + 1 and again.key != job.key
+    gpu = dataclasses.replace(job, device=torch.device("cuda"))
+    assert (gpu.spec["device"], gpu.spec["threads"]) == ("cuda", None) and gpu.key != job.key
 
 
 @pytest.mark.parametrize("damage", ["truncate", "tamper_hash", "drop_sidecar"])
@@ -370,7 +452,7 @@ def test_damaged_cache_is_retrained_not_loaded(tmp_path, monkeypatch, damage):
 
 def test_interrupted_endpoint_resumes_from_partial(tmp_path, monkeypatch):
     reference = endpoint(tmp_path / "ref")
-    monkeypatch.setattr(vt, "_store", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(ve, "_store", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         endpoint(tmp_path / "run")
     assert len(list((tmp_path / "run").glob("*.partial.pt"))) == 1
@@ -396,8 +478,8 @@ def test_endpoint_pair_uses_the_profile_seeds(tmp_path):
 
 def test_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VFCORE_CACHE", str(tmp_path / "env"))
-    assert vt.resolve_cache_dir() == tmp_path / "env"
-    assert vt.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert ve.resolve_cache_dir() == tmp_path / "env"
+    assert ve.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
 
 
 def test_unknown_names_raise_with_the_known_ones(tmp_path):
@@ -409,20 +491,6 @@ def test_unknown_names_raise_with_the_known_ones(tmp_path):
         train_endpoint("vgg16", seed=0, profile="big", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="width"):
         train_endpoint("vgg16", seed=0, width=0.001, cache_dir=tmp_path)
-
-
-def test_notebook_endpoints_cover_every_pair_and_sweep_once():
-    jobs = vt.notebook_endpoints("smoke")
-    recipes = [(n, s, recipe_for(n, SMOKE, **kw)) for n, s, kw in jobs]
-    assert len(set(recipes)) == len(jobs)  # no endpoint listed twice
-    names = [n for n, _, _ in jobs]
-    for name in vt.NOTEBOOK_MODELS:
-        assert names.count(name) == 2
-    sweep_lrs = {recipe_for(n, SMOKE, **kw).lr for n, _, kw in jobs if n == SMOKE.sweep_model}
-    assert sweep_lrs == set(SMOKE.lr_sweep)
-    assert names.count(SMOKE.sweep_plain_model) == 2 * len(SMOKE.wd_sweep)
-    paper = vt.notebook_endpoints("paper")
-    assert {s for n, s, _ in paper if n == "vgg16"} == {1, 2, 3}
 
 
 # --- device -----------------------------------------------------------------------------------
@@ -453,9 +521,9 @@ def test_resolve_device():
 
 def test_progress_is_quiet_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "1")
-    assert vt._quiet(None) is True
+    assert _quiet(None) is True
     monkeypatch.delenv("CI")
-    assert vt._quiet(None) is None and vt._quiet(True) is False and vt._quiet(False) is True
+    assert _quiet(None) is None and _quiet(True) is False and _quiet(False) is True
 
 
 def test_smoke_profile_is_the_default():

@@ -10,6 +10,7 @@ from torch import nn
 from vfcore.hooks import outputs_of
 from vfcore.merge import merged_model
 from vfcore.models import build_model
+from vfcore.spec import spec_for
 from vfcore.vf import (
     FeatureNorms,
     depth_curve,
@@ -135,8 +136,8 @@ def test_feature_norms_use_eval_mode_and_restore_the_mode():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     model.eval()
-    f_x = outputs_of(model, layers, x, stop_early=False)
-    f_0 = outputs_of(model, layers, torch.zeros_like(x[:1]), stop_early=False)
+    f_x = outputs_of(model, layers, x)
+    f_0 = outputs_of(model, layers, torch.zeros_like(x[:1]))
     expected = np.array([(f_x[n] - f_0[n]).flatten(1).norm(dim=1).mean().item() for n in layers])
     np.testing.assert_allclose(fn.g_mean, expected, rtol=1e-5)
     np.testing.assert_allclose(fn.h, [f_0[n].norm().item() for n in layers], rtol=1e-5)
@@ -219,9 +220,22 @@ def test_vf_layers_with_norms_resnet20():
     assert fn.g_mean.shape == (39,) and np.all(fn.g_mean > 0)
 
 
-def test_vf_layers_needs_weight_layers():
-    with pytest.raises(TypeError, match="weight_layers"):
-        vf_layers(nn.Linear(2, 2))
+class OutsideMLP(nn.Module):
+    """A model vfcore did not build: its structure needs one example input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_vf_layers_of_an_outside_model_need_one_example_input():
+    with pytest.raises(ValueError, match=r"spec_for\(model, example_input\)"):
+        vf_layers(OutsideMLP())
+    spec_for(OutsideMLP(), torch.randn(3, 4))
+    assert vf_layers(OutsideMLP()) == ["fc1", "fc2"]  # later models of the class reuse it
 
 
 # --- bounds and the depth axis --------------------------------------------------------------

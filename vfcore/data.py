@@ -40,6 +40,15 @@ except ImportError:  # numpy < 2 keeps these under numpy.core
     from numpy.core.numeric import _frombuffer as _np_frombuffer
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+_SHAPES = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10),
+           "cifar100": (3, 32, 100)}
+
+
+def dataset_shape(name: str) -> tuple[int, int, int]:
+    """(channels, native image size, classes) of a dataset, known without loading it."""
+    if name not in _SHAPES:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return _SHAPES[name]
 
 _log = logging.getLogger(__name__)
 

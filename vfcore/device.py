@@ -8,6 +8,8 @@ one is present and a CUDA request on a machine without one fails with a clear me
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +26,20 @@ def limit_threads() -> None:
     cores = cpu_cores()
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
+
+
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run a block on exactly `count` torch CPU threads (None: leave the setting alone)."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

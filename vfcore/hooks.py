@@ -1,12 +1,19 @@
-"""Reading and replacing intermediate tensors by module name: one mechanism for every kernel."""
+"""Running a model to read or replace intermediate tensors by module name.
+
+One copy of each mechanism every kernel needs: eval mode for a block (`eval_mode`), the input
+tensor of a batch (`batch_inputs`), forward hooks by name (`hooked`), and a forward pass that
+hands named outputs to a callback and stops as soon as it has them all (`forward_until`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
+
+Batch = torch.Tensor | tuple | list
 
 
 class StopForward(Exception):
@@ -14,11 +21,33 @@ class StopForward(Exception):
 
 
 def module(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called `name`, with an error that lists what exists if it does not."""
+    """The submodule called `name`, with an error that names the model if it does not exist."""
     try:
         return model.get_submodule(name)
     except AttributeError:
         raise KeyError(f"{type(model).__name__} has no module {name!r}") from None
+
+
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Run a block with the models in eval mode, then restore every submodule's own flag."""
+    flags = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def batch_inputs(batch: Batch) -> torch.Tensor:
+    """The input tensor of a batch given as a tensor or as an (inputs, labels) pair."""
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"a batch must be an input tensor or an (inputs, labels) pair, got "
+                        f"{type(batch).__name__}")
+    return x
 
 
 @contextmanager
@@ -42,26 +71,48 @@ def hooked(model: nn.Module, hooks: dict[str, Callable], *, pre: bool = False,
             h.remove()
 
 
-@torch.no_grad()
-def outputs_of(model: nn.Module, names: list[str], x: torch.Tensor,
-               stop_early: bool = True) -> dict[str, torch.Tensor]:
-    """The outputs of the named modules on input `x` (copies, so that in-place operations later
-    in the forward pass cannot change them).
+def forward_until(model: nn.Module, x: torch.Tensor, names: list[str],
+                  use: Callable[[str, torch.Tensor], None], *, inputs: Collection[str] = (),
+                  stop: type[StopForward] = StopForward,
+                  call: Callable[[], object] | None = None) -> None:
+    """Run `model(x)` (or `call()`, a pass that runs model's modules some other way, such as
+    part of its traced graph), handing each named module's output (its first input, for the
+    names in `inputs`) to `use(name, tensor)` when it is produced, and end the pass once every
+    name has been seen.
 
-    With `stop_early`, the forward pass ends as soon as every named output has been seen.
+    `use` sees each tensor before any later in-place operation can change it. A module that runs
+    twice in one pass is an error (its output would be ambiguous); one that never runs as well.
+    `stop` lets a caller end the pass with its own StopForward subclass, so that hooks of other
+    callers in the same pass keep theirs.
     """
-    found: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
 
-    def record(name: str) -> Callable:
-        def fn(_m: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-            found[name] = out.clone()
-            if stop_early and len(found) == len(names):
-                raise StopForward
+    def reader(name: str) -> Callable:
+        def fn(_m: nn.Module, args: tuple, out: torch.Tensor | None = None) -> None:
+            if name in seen:
+                raise RuntimeError(f"module {name!r} ran twice in one forward pass; read modules "
+                                   "that are called once")
+            seen.add(name)
+            use(name, args[0] if out is None else out)
+            if len(seen) == len(names):
+                raise stop
         return fn
 
-    with hooked(model, {n: record(n) for n in names}), suppress(StopForward):
-        model(x)
-    missing = [n for n in names if n not in found]
+    outputs = {n: reader(n) for n in names if n not in inputs}
+    pre = {n: reader(n) for n in names if n in inputs}
+    with hooked(model, outputs), hooked(model, pre, pre=True), suppress(stop):
+        if call is None:
+            model(x)
+        else:
+            call()
+    missing = [n for n in names if n not in seen]
     if missing:
         raise RuntimeError(f"modules {missing} were not run by the forward pass")
+
+
+@torch.no_grad()
+def outputs_of(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Copies of the named modules' outputs on input `x`; the pass stops once it has them all."""
+    found: dict[str, torch.Tensor] = {}
+    forward_until(model, x, names, lambda name, out: found.__setitem__(name, out.clone()))
     return found

@@ -1,36 +1,28 @@
-"""Non-permutation matchers of the paper: ZipIt! (NOTES 2.4) and CCA merging (NOTES 2.5).
+"""Non-permutation matchers of the paper: ZipIt! (Stoica et al.; Table 6) and CCA
+merging (Horoi et al.; Tables 3-4).
 
 Both work per permutation group from the joint feature statistics of the two models
-(`align.feature_statistics`) and return one dense map (T, U) per model in the `align.GroupMap`
-convention, so that `align.transform` puts each model's weights in merged coordinates and
-`merge.interpolate` at alpha = 0.5 gives the method's merged model.
+(`features.feature_statistics`) and give dense maps (T, U) per model in the `transform.GroupMap`
+convention, so that `transform.transform` puts each model's weights in merged coordinates and
+`merge.interpolate` gives the method's merged model. ZipIt!'s maps depend on the merge
+coefficient (`Zip.maps(alpha)`); CCA's do not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .align import FeatureStats, GroupMap, feature_statistics
+from .device import cpu_threads
+from .features import FeatureStats, feature_statistics
+from .hooks import Batch
 from .spec import PermutationSpec
+from .transform import GroupMap
 
 Maps = tuple[dict[str, GroupMap], dict[str, GroupMap]]
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run a block on one torch thread. ZipIt!'s greedy steps are tiny sequential ops and CCA's
-    factorizations are small; on a busy 2-core machine, fanning them out to a thread pool costs
-    several times (for MKL's eigh, tens of times) the work itself."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _zip_clusters(sims: torch.Tensor, d: int, a: float, budget: int) -> torch.Tensor:
@@ -84,35 +76,55 @@ def _zip_clusters(sims: torch.Tensor, d: int, a: float, budget: int) -> torch.Te
     return rep
 
 
-def zipit_maps(stats: FeatureStats, a: float = 0.3,
-               b: float = 0.125) -> tuple[GroupMap, GroupMap]:
-    """ZipIt! merge/unmerge maps of one group, as (T0, U0) and (T1, U1).
+@dataclass(frozen=True)
+class Zip:
+    """ZipIt!'s clustering of one group's 2d units (a's first, then b's) into d merged units.
 
-    Greedy matching over all 2d units, within and across models, on the feature correlation,
-    until d merged units remain; a merged unit's similarities become the elementwise min times
-    `a`, and within-model merges are limited to int(b * d / 2) per model. The merge matrix M
-    (d x 2d) averages each merged unit's members; the unmerge U (2d x d) is 0/1. Model i gets
-    T_i = 2 * M[:, block i] and U_i = U[block i, :], so interpolating the two transformed states
-    at alpha = 0.5 gives M0 W0 U0 + M1 W1 U1 (biases M0 b0 + M1 b1): the ZipIt! merge. Each
-    transformed state alone is not a usable model; only their midpoint is. Merged units are
-    ordered by their lowest member index.
+    `cluster[j]` is the merged unit of unit j; merged units are ordered by their lowest member.
     """
+
+    cluster: torch.Tensor
+    d: int
+
+    def maps(self, alpha: float = 0.5) -> tuple[GroupMap, GroupMap]:
+        """Merge/unmerge maps (T0, U0) and (T1, U1) of the alpha-weighted ZipIt! merge.
+
+        A merged unit is the weighted mean of its members, a's members weighing 1 - alpha and
+        b's alpha (at alpha = 0.5: ZipIt!'s plain mean); U is 0/1 (each unit reads its merged
+        unit). With T0 = M[:, a] / (1 - alpha) and T1 = M[:, b] / alpha, interpolating the two
+        transformed states at alpha gives M_a W0 U0 + M_b W1 U1: the merge. It is defined for
+        0 < alpha < 1 only: a zipped network cannot represent an endpoint whose own units were
+        merged together, so its ends are not the endpoints.
+        """
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"ZipIt!'s merge is defined for 0 < alpha < 1, got {alpha}; at the "
+                             "ends use the endpoints themselves")
+        d, device = self.d, self.cluster.device
+        weights = torch.full((2 * d,), 1.0 - alpha, dtype=torch.float64, device=device)
+        weights[d:] = alpha
+        members = torch.zeros(d, 2 * d, dtype=torch.float64, device=device)
+        members[self.cluster, torch.arange(2 * d, device=device)] = 1.0
+        merge = members * weights
+        merge = merge / merge.sum(dim=1, keepdim=True)
+        unmerge = members.T
+        return ((merge[:, :d] / (1.0 - alpha), unmerge[:d].clone()),
+                (merge[:, d:] / alpha, unmerge[d:].clone()))
+
+
+def zip_group(stats: FeatureStats, a: float = 0.3, b: float = 0.125) -> Zip:
+    """ZipIt! clustering of one group (Stoica et al., as the paper runs it): greedy matching over
+    all 2d units, within and across models, on the feature correlation, until d merged units
+    remain. A merged unit's similarities become the elementwise min times `a`; within-model
+    merges are limited to int(b * d / 2) per model."""
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"ZipIt! a (similarity decay after a merge) must lie in [0, 1], got {a}")
     if not 0.0 <= b <= 1.0:
         raise ValueError(f"ZipIt! b (within-model merge budget) must lie in [0, 1], got {b}")
     d = stats.d
-    with _one_thread():
+    with cpu_threads(1):  # tiny sequential ops: a thread pool only adds overhead
         rep = _zip_clusters(stats.corr.cpu(), d, a, int(b * d / 2))
-    reps = rep.unique()
-    cluster = torch.searchsorted(reps, rep)
-    M = torch.zeros(d, 2 * d, dtype=torch.float64)
-    M[cluster, torch.arange(2 * d)] = 1.0
-    U = M.T.clone()
-    M = M / M.sum(dim=1, keepdim=True)
-    device = stats.outer.device
-    return tuple((2 * M[:, k * d:(k + 1) * d].to(device), U[k * d:(k + 1) * d].to(device))
-                 for k in (0, 1))
+    cluster = torch.searchsorted(rep.unique(), rep)
+    return Zip(cluster.to(stats.moments.mean.device), d)
 
 
 def _sqrt_and_inverse(S: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +152,7 @@ def cca_maps(stats: FeatureStats, gamma: float = 0.1) -> tuple[GroupMap, GroupMa
     d = stats.d
     C = stats.cov
     eye = torch.eye(d, dtype=C.dtype, device=C.device)
-    with _one_thread():
+    with cpu_threads(1):  # tiny sequential ops: a thread pool only adds overhead
         sxx_root, sxx_inv_root = _sqrt_and_inverse(C[:d, :d] + gamma * eye, "model 0's covariance")
         syy_root, syy_inv_root = _sqrt_and_inverse(C[d:, d:] + gamma * eye, "model 1's covariance")
         u, _, vh = torch.linalg.svd(sxx_inv_root @ C[:d, d:] @ syy_inv_root)
@@ -150,17 +162,17 @@ def cca_maps(stats: FeatureStats, gamma: float = 0.1) -> tuple[GroupMap, GroupMa
     return torch.arange(d, device=C.device), (T1, U1)
 
 
-def zipit(model_a: nn.Module, model_b: nn.Module, batches: Iterable[torch.Tensor | tuple],
-          a: float = 0.3, b: float = 0.125, *, spec: PermutationSpec | None = None) -> Maps:
-    """ZipIt! maps for every group, from one pass of `batches` through both models."""
-    stats = feature_statistics(model_a, model_b, batches, spec)
-    pairs = {g: zipit_maps(s, a, b) for g, s in stats.items()}
-    return {g: p[0] for g, p in pairs.items()}, {g: p[1] for g, p in pairs.items()}
+def zipit(model_a: nn.Module, model_b: nn.Module, batches: Iterable[Batch],
+          a: float = 0.3, b: float = 0.125, *, spec: PermutationSpec | None = None,
+          reads: str = "last") -> dict[str, Zip]:
+    """ZipIt! clusterings of every group, from one pass of `batches` through both models."""
+    stats = feature_statistics(model_a, model_b, batches, spec, reads=reads)
+    return {g: zip_group(s, a, b) for g, s in stats.items()}
 
 
-def cca(model_a: nn.Module, model_b: nn.Module, batches: Iterable[torch.Tensor | tuple],
-        gamma: float = 0.1, *, spec: PermutationSpec | None = None) -> Maps:
+def cca(model_a: nn.Module, model_b: nn.Module, batches: Iterable[Batch],
+        gamma: float = 0.1, *, spec: PermutationSpec | None = None, reads: str = "last") -> Maps:
     """CCA maps for every group, from one pass of `batches` through both models."""
-    stats = feature_statistics(model_a, model_b, batches, spec)
+    stats = feature_statistics(model_a, model_b, batches, spec, reads=reads)
     pairs = {g: cca_maps(s, gamma) for g, s in stats.items()}
     return {g: p[0] for g, p in pairs.items()}, {g: p[1] for g, p in pairs.items()}

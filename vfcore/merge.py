@@ -1,9 +1,9 @@
-"""Linear interpolation of whole state dicts, accuracy along the line, and the barrier."""
+"""Linear interpolation of whole state dicts, and the barrier along the merging line."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -40,22 +40,21 @@ def interpolate(state_a: State, state_b: State, alpha: float) -> State:
             for k, v in state_a.items()}
 
 
+def with_state(template: nn.Module, state: State) -> nn.Module:
+    """A copy of `template` (on its device, in eval mode) holding `state`."""
+    model = copy.deepcopy(template)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def merged_model(template: nn.Module, state_a: State, state_b: State, alpha: float) -> nn.Module:
     """A copy of `template` holding the interpolated weights."""
-    model = copy.deepcopy(template)
-    model.load_state_dict(interpolate(state_a, state_b, alpha))
-    return model
+    return with_state(template, interpolate(state_a, state_b, alpha))
 
 
 def alphas(n: int = 11) -> np.ndarray:
     """n evenly spaced merge coefficients in [0, 1] (the paper uses 11)."""
     return np.linspace(0.0, 1.0, n)
-
-
-def accuracy_along(models_at: Callable[[float], nn.Module], evaluate: Callable[[nn.Module], float],
-                   coefficients: Sequence[float]) -> np.ndarray:
-    """Accuracy of `models_at(alpha)` (merged, optionally normalised) at each coefficient."""
-    return np.array([evaluate(models_at(float(a))) for a in coefficients])
 
 
 def barrier(coefficients: Sequence[float], accuracies: Sequence[float]) -> float:

@@ -1,9 +1,10 @@
-"""The paper's architectures, with the structural facts the merging kernels need.
+"""The paper's architectures, and what makes two models one architecture.
 
-Every model built here records its configuration (`model.config`) and lists its `L` weight
-layers in forward order (`model.weight_layers`): the convolutions and linear layers the paper
-counts, which excludes ResNet shortcut convolutions. Kernels (alignment, REPAIR, PFM, the
-vanishing-feature measurement) read these instead of guessing from module types.
+Every model built here records its configuration (`model.config`, which gives the shape of its
+input) and lists its `L` weight layers in forward order (`model.weight_layers`): the
+convolutions and linear layers the paper counts, which excludes ResNet shortcut convolutions.
+The kernels do not rely on either: they derive the same facts by tracing any model
+(`vfcore.trace`); the built-ins are their golden tests.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The output keeps the input's memory layout: a channels-last view reaching a strided
+        convolution of a model that runs NCHW can crash torch 2.13's CPU backward pass
+        (`vfcore.evaluation.channels_last`)."""
         y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
+        layout = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)
+        return y.permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -304,8 +310,34 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def architecture(model: nn.Module) -> tuple:
+    """What identifies a model's architecture: its class, its modules' names and types, and its
+    state dict's keys and shapes (not the values). Models with equal keys merge with each other
+    and share one traced structure (`vfcore.trace`)."""
+    return (type(model), tuple((name, type(m)) for name, m in model.named_modules()),
+            tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+
+
 def check_compatible(model_a: nn.Module, model_b: nn.Module) -> None:
-    """Raise if two models do not share one architecture, width and head."""
-    a, b = model_config(model_a), model_config(model_b)
-    if a != b:
-        raise ValueError(f"models differ: {a} vs {b}; merging needs the same architecture")
+    """Raise, naming the first difference, unless two models share one architecture: the same
+    class and modules, and state dicts with the same keys and shapes."""
+    (type_a, modules_a, state_a), (type_b, modules_b, state_b) = (architecture(model_a),
+                                                                  architecture(model_b))
+    if type_a is not type_b:
+        raise ValueError(f"models differ: {type_a.__name__} vs {type_b.__name__}; merging needs "
+                         "the same architecture")
+    if modules_a != modules_b:
+        a, b = next((x, y) for x, y in zip(modules_a + ((None, None),),
+                                            modules_b + ((None, None),), strict=False) if x != y)
+        raise ValueError(f"models differ: module {a[0]!r} ({getattr(a[1], '__name__', None)}) "
+                         f"vs {b[0]!r} ({getattr(b[1], '__name__', None)}); merging needs the "
+                         "same architecture")
+    keys_a, keys_b = dict(state_a), dict(state_b)
+    if keys_a.keys() != keys_b.keys():
+        only_a, only_b = sorted(keys_a.keys() - keys_b), sorted(keys_b.keys() - keys_a)
+        raise ValueError(f"models differ: state keys only in the first {only_a[:5]}, only in the "
+                         f"second {only_b[:5]}; merging needs the same architecture")
+    for key, shape in keys_a.items():
+        if shape != keys_b[key]:
+            raise ValueError(f"models differ: {key} has shape {shape} vs {keys_b[key]}; merging "
+                             "needs the same architecture and width")

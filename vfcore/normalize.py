@@ -1,11 +1,11 @@
 """Post-merging normalisation: RESET, REPAIR / RESCALE / RESHIFT, bias removal, bias calibration.
 
-RESET (NOTES §2.6) re-estimates BatchNorm statistics on calibration data. REPAIR (Eq. 1, §2.7)
-gives every repaired channel of a merged model the mean and standard deviation of the same channel
-in reference models, averaged with the merge weights; RESCALE (§2.8) matches the standard
-deviation only, RESHIFT the mean only. Instead of inserting BatchNorm layers, the per-channel
-affine correction is folded straight into the layer's weights and bias, so a repaired model has
-the architecture (and, for layers with a bias, the parameter count) of the model it came from.
+RESET (Algorithm 1) re-estimates BatchNorm statistics on calibration data. REPAIR (Eq. 1, Algorithm
+2) gives every repaired channel of a merged model the mean and standard deviation of the same
+channel in reference models, averaged with the merge weights; RESCALE (Sec. 5.3) matches the
+standard deviation only, RESHIFT the mean only. Instead of inserting BatchNorm layers, the per-
+channel affine correction is folded straight into the layer's weights and bias, so a repaired model
+has the architecture (and, for layers with a bias, the parameter count) of the model it came from.
 Every function returns a new model and leaves its inputs untouched.
 """
 
@@ -13,32 +13,24 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from .device import model_device
-from .hooks import StopForward, hooked, module
+from .hooks import Batch, batch_inputs, eval_mode, forward_until, module
 from .merge import State, check_states, interpolate
-from .models import MLP, VGG, LinearNet, ResidualLinear, ResNet, check_compatible, has_batchnorm
+from .models import ResidualLinear, check_compatible, has_batchnorm
+from .stats import Moments
+from .trace import Structure, structure
 
-Batch = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
 Stats = tuple[torch.Tensor, torch.Tensor]
 Apply = Callable[[torch.Tensor, torch.Tensor], None]
 Target = tuple[str, str, Apply]
 MODES = ("repair", "rescale", "reshift")
-
-
-def _inputs(batch: Batch) -> torch.Tensor:
-    """The input tensor of a batch given either as a tensor or as an (x, y) pair."""
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"a batch must be a tensor or an (x, y) pair, got {type(batch).__name__}")
-    return x
 
 
 def _check_batches(batches: Iterable[Batch], reiterable: bool) -> None:
@@ -50,162 +42,91 @@ def _check_batches(batches: Iterable[Batch], reiterable: bool) -> None:
                         "pass a list, e.g. list(batches(...))")
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run a block with every submodule in eval mode, then restore each module's own flag."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-class _RunningStats:
-    """Per-channel (dim 1) mean and population variance, merged batch by batch in float64.
-
-    Each batch is centred on the running mean (its own mean for the first batch) in the
-    activation's dtype; sums over one sample's positions run in that dtype and everything after
-    in float64, and batches are combined with Chan et al.'s pairwise update. This keeps the
-    precision of float64 (relative errors near 1e-9) without a float64 copy of the activations.
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def update(self, out: torch.Tensor) -> None:
-        if not isinstance(out, torch.Tensor) or out.dim() < 2:
-            raise TypeError("channel statistics need a tensor output with channels on dim 1")
-        x = out.detach().reshape(out.shape[0], out.shape[1], -1)
-        n = x.shape[0] * x.shape[2]
-        if self.mean is not None and self.mean.shape != (x.shape[1],):
-            raise ValueError(f"channel count changed between batches: {self.mean.numel()} vs "
-                             f"{x.shape[1]}")
-        guess = x.sum(2).double().sum(0) / n if self.mean is None else self.mean
-        centre = guess.to(x.dtype)
-        d = x - centre.view(1, -1, 1)
-        s1 = d.sum(2).double().sum(0)
-        s2 = (d * d).sum(2).double().sum(0)
-        mean = centre.double() + s1 / n
-        m2 = s2 - s1 * s1 / n
-        if self.mean is None or self.m2 is None:
-            self.n, self.mean, self.m2 = n, mean, m2
-            return
-        total = self.n + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta * delta * (self.n * n / total)
-        self.n = total
-
-    def result(self) -> Stats:
-        assert self.mean is not None and self.m2 is not None
-        return self.mean, (self.m2.clamp_min(0.0) / self.n).sqrt()
-
-
-def _cut_of(model: nn.Module, name: str) -> str | None:
-    """The module whose input carries everything layer `name` depends on, or None if unknown.
-
-    Only vfcore's own chain-shaped models have cuts: a VGG conv or MLP/linear-net layer is its
-    own cut (its input is the whole state of the forward pass), a ResNet layer's cut is its block.
-    """
-    if type(model) in (VGG, MLP, LinearNet):
-        return name if re.fullmatch(r"(features|layers)\.\d+", name) else None
-    if type(model) is ResNet:
-        match = re.match(r"blocks\.\d+(?=\.)", name)
-        return match[0] if match else None
-    return None
-
-
 class _Feed:
-    """Runs calibration batches through a model, from the input or from a cut's cached inputs.
+    """Runs calibration batches through a model, from the input or from a cut's cached values.
 
-    A pass that measures a layer can also cache the inputs of the layer's cut on the way. Once
-    every layer before that cut is final, later passes start there: the model runs on one sample
-    and a forward pre-hook swaps the cut's input for the cached batch. This brings REPAIR's
-    layer-by-layer passes down from about one forward pass per two layers to about one or two
-    passes in all. The caller puts the model in eval and no-grad mode.
+    A pass that measures a layer can cache, on the way, the values live at a cut of the traced
+    graph before that layer (`Structure.cut_before`). Once every layer before that cut is final,
+    later passes start there (`Structure.run`), so REPAIR's layer-by-layer passes cost about two
+    forward passes in all instead of one per layer. Cached values are copied before each use, as
+    the graph may change them in place. The caller puts the model in eval and no-grad mode.
     """
 
-    def __init__(self, model: nn.Module, batches: Iterable[Batch], max_cache_bytes: int = 0):
+    def __init__(self, model: nn.Module, batches: Iterable[Batch], max_cache_bytes: int = 0,
+                 traced: Structure | None = None):
         self.model, self.batches, self.max_cache_bytes = model, batches, max_cache_bytes
+        self.traced = traced
         self.device = model_device(model)
-        self.order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-        self.cut: str | None = None
-        self.cache: list[torch.Tensor] = []
-        self.batch = -1
+        self.start = 0
+        self.cache: list[tuple] = []
 
-    def _forward(self, hooks: dict[str, Callable], pre_hooks: dict[str, Callable]) -> None:
-        """Forward every batch with these (pre-)hooks; forward hooks may raise StopForward."""
-        self.batch = -1
-        with hooked(self.model, hooks), hooked(self.model, pre_hooks, pre=True):
-            for i, batch in enumerate(self.batches):
-                self.batch = i
-                x = _inputs(batch).to(self.device)
-                swap: dict[str, Callable] = {}
-                if self.cut is not None:
-                    swap[self.cut] = lambda _m, args, cached=self.cache[i]: (cached, *args[1:])
-                    x = x[:1]
-                with hooked(self.model, swap, pre=True, prepend=True), suppress(StopForward):
-                    self.model(x)
-        if self.batch < 0:
-            raise ValueError("batches is empty; give at least one calibration batch")
+    def _values(self, i: int, x: torch.Tensor, cut: int) -> tuple:
+        """The values live at `cut` on batch i, from the cache when it lies at or before it."""
+        if self.cache and self.start <= cut:
+            values, start = tuple(_copy(v) for v in self.cache[i]), self.start
+        else:
+            values, start = (x,), 0
+        if start == cut:
+            return values
+        return self.traced.run(self.model, values, start=start, stop=cut)
 
-    def stats(self, names: list[str], cut: str | None = None) -> dict[str, Stats]:
-        """Per-channel statistics of the named outputs; each pass stops once all are seen.
+    def stats(self, names: list[str], cut: int | None = None,
+              axes: dict[str, int] | None = None) -> dict[str, Stats]:
+        """Per-channel statistics of the named outputs (channels on `axes[name]`, default 1);
+        each pass stops once all are seen.
 
-        `cut` is a module reached before the named outputs whose preceding layers are final:
-        its inputs are cached during this pass (if they fit) and later passes start there.
+        `cut` is a cut of the traced graph before the named outputs whose preceding layers are
+        final: passes start from its values, which are cached (if they fit) for later passes.
         """
-        if self.cut is not None and cut != self.cut and (
-                cut is None or self.order[cut] < self.order[self.cut]):
-            self.cut, self.cache = None, []
-        capturing = cut is not None and cut != self.cut and self.max_cache_bytes > 0
-        captured: list[torch.Tensor] | None = [] if capturing else None
+        axes = axes or {}
+        acc = {name: Moments() for name in names}
 
-        def grab(_m: nn.Module, args: tuple) -> None:
-            nonlocal captured
+        def use(name: str, out: torch.Tensor) -> None:
+            acc[name].add(out.movedim(axes.get(name, 1), 1))
+
+        caching = cut is not None and self.traced is not None and self.max_cache_bytes > 0
+        captured: list[tuple] | None = [] if caching and cut != self.start else None
+        n_batches = 0
+        for i, batch in enumerate(self.batches):
+            n_batches += 1
+            x = batch_inputs(batch).to(self.device)
+            if not caching:
+                forward_until(self.model, x, names, use)
+                continue
+            values = self._values(i, x, cut)
             if captured is not None:
-                captured.append(args[0].detach())
-                if sum(t.nbytes for t in captured) > self.max_cache_bytes:
+                captured.append(tuple(_copy(v) for v in values))
+                if sum(v.nbytes for vs in captured for v in vs
+                       if isinstance(v, torch.Tensor)) > self.max_cache_bytes:
                     captured = None
-
-        acc = {name: _RunningStats() for name in names}
-        seen: dict[str, int] = {}
-
-        def record(name: str) -> Callable:
-            def fn(_m: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-                acc[name].update(out)
-                seen[name] = self.batch
-                if all(seen.get(n) == self.batch for n in names):
-                    raise StopForward
-            return fn
-
-        self._forward({name: record(name) for name in names}, {cut: grab} if capturing else {})
-        missing = [name for name in names if name not in seen]
-        if missing:
-            raise RuntimeError(f"modules {missing} were not run by the forward pass")
-        if captured is not None and len(captured) == self.batch + 1:
-            self.cut, self.cache = cut, captured
-        return {name: a.result() for name, a in acc.items()}
+            forward_until(self.model, x, names, use,
+                          call=lambda v=values: self.traced.run(self.model, v, start=cut))
+        if n_batches == 0:
+            raise ValueError("batches is empty; give at least one calibration batch")
+        if captured is not None:
+            self.start, self.cache = cut, captured
+        return {name: (a.mean, a.std) for name, a in acc.items()}
 
 
-def channel_stats(model: nn.Module, names: Sequence[str],
-                  batches: Iterable[Batch]) -> dict[str, Stats]:
+def _copy(value: object) -> object:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def channel_stats(model: nn.Module, names: Sequence[str], batches: Iterable[Batch], *,
+                  axes: dict[str, int] | None = None) -> dict[str, Stats]:
     """Per-channel mean and population std (float64) of the named modules' outputs.
 
-    Channels are dim 1; conv outputs are pooled over the batch and all positions. The model runs
-    in eval mode (so BatchNorm statistics are not touched) and each forward pass stops as soon as
-    every named output has been seen. Every call of a named module contributes.
+    Channels are dim 1 unless `axes` gives a name another axis (a linear layer on channels-last
+    values); conv outputs are pooled over the batch and all positions. The model runs in eval
+    mode (so BatchNorm statistics are not touched) and each forward pass stops as soon as every
+    named output has been seen. Each named module must run once per forward pass.
     """
     names = list(names)
     if not names:
         raise ValueError("no module names given to measure")
     _check_batches(batches, reiterable=False)
-    with _eval_mode(model), torch.no_grad():
-        return _Feed(model, batches).stats(names)
+    with eval_mode(model), torch.no_grad():
+        return _Feed(model, batches).stats(names, axes=axes)
 
 
 def reset_bn(model: nn.Module, batches: Iterable[Batch]) -> nn.Module:
@@ -236,7 +157,7 @@ def reset_bn(model: nn.Module, batches: Iterable[Batch]) -> nn.Module:
     n_batches = 0
     with torch.no_grad():
         for batch in batches:
-            out(_inputs(batch).to(device))
+            out(batch_inputs(batch).to(device))
             n_batches += 1
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
@@ -247,21 +168,19 @@ def reset_bn(model: nn.Module, batches: Iterable[Batch]) -> nn.Module:
 
 
 def repair_layers(model: nn.Module) -> list[str]:
-    """The layers the paper repairs (NOTES §2.7), whose outputs REPAIR/RESCALE correct.
+    """The layers REPAIR/RESCALE correct by default (App. A.3), from the model's
+    traced structure (`Structure.repair_layers`).
 
-    VGG: every conv; ResNet: each block's conv1 and conv2 (not the stem, not the shortcuts);
-    linear nets and MLPs: every hidden layer. The head is never repaired. A wrapper exposing the
-    merged model as `model.merged` (PFM) gets the merged model's layers.
+    The paper's choices: VGG every conv; ResNet each block's conv1 and conv2 (not the stem, not
+    the shortcuts); linear nets and MLPs every hidden layer; the head never. For other models the
+    same rule: every weight layer but the head, or, where residual branches join, the weight
+    layers inside them. A wrapper exposing the merged model as `model.merged` (PFM) gets the
+    merged model's layers.
     """
     merged = getattr(model, "merged", None)
     if isinstance(merged, nn.Module):
         return repair_layers(merged)
-    if isinstance(model, ResNet):
-        return [name for name in model.weight_layers if name.startswith("blocks.")]
-    if isinstance(model, (VGG, LinearNet, MLP)):
-        return list(model.weight_layers[:-1])
-    raise TypeError(f"no repair layers known for {type(model).__name__}; pass layers=[...] "
-                    "explicitly or build the model with vfcore.build_model")
+    return list(structure(model).repair_layers)
 
 
 def fold_into(layer: nn.Module, name: str) -> Apply:
@@ -270,9 +189,9 @@ def fold_into(layer: nn.Module, name: str) -> Apply:
     A ResidualLinear's output includes its input, so its weight also gets (scale - 1) on the
     diagonal: diag(s) (W x + b + x) + t = (diag(s) W + diag(s - 1)) x + (s b + t) + x.
     """
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+    if not isinstance(layer, _ConvNd | nn.Linear) or getattr(layer, "transposed", False):
         raise ValueError(f"{name} is a {type(layer).__name__}; the default REPAIR folds into "
-                         "Conv2d or Linear layers only")
+                         "Conv2d or Linear layers only (or any other non-transposed convolution)")
 
     @torch.no_grad()
     def apply(scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -290,15 +209,17 @@ def fold_into(layer: nn.Module, name: str) -> Apply:
     return apply
 
 
-def _default_targets(model: nn.Module, layers: list[str]) -> list[Target]:
-    """(name, name, fold into that layer) for each layer, in forward (module) order."""
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    unknown = [name for name in layers if name not in order]
+def _default_targets(model: nn.Module, traced: Structure, layers: list[str]) -> list[Target]:
+    """(name, name, fold into that layer) for each layer, in forward order (so every layer
+    before a cut is corrected before any layer after it)."""
+    modules = dict(model.named_modules())
+    unknown = [name for name in layers if name not in modules]
     if unknown:
         raise ValueError(f"layers {unknown} do not exist in {type(model).__name__}; the "
-                         f"repairable layers are {repair_layers(model)}")
-    return [(name, name, fold_into(module(model, name), name))
-            for name in sorted(layers, key=order.__getitem__)]
+                         f"repairable layers are {traced.layers}")
+    order = {name: i for i, name in enumerate(traced.layers)}
+    return [(name, name, fold_into(modules[name], name))
+            for name in sorted(layers, key=lambda name: order.get(name, -1))]
 
 
 def _check_weights(weights: Sequence[float], n_refs: int) -> list[float]:
@@ -337,7 +258,7 @@ def repair(model: nn.Module, references: Sequence[nn.Module], weights: Sequence[
     At each repaired layer's output (before any norm or activation) and for each channel, the
     targets are mean = sum_i w_i mean_i and std = sum_i w_i std_i over the references (standard
     deviations are averaged, as in the paper). "repair" matches both, "rescale" multiplies by
-    target_std / Std (no centring, NOTES §2.8) and "reshift" adds target_mean - mean. Layers are
+    target_std / Std (no centring, Sec. 5.3) and "reshift" adds target_mean - mean. Layers are
     corrected in forward order, each measured after the earlier ones were corrected, so on the
     calibration data every corrected channel hits its targets (exactly up to `eps`, which is
     added to the variance as BatchNorm does).
@@ -347,10 +268,12 @@ def repair(model: nn.Module, references: Sequence[nn.Module], weights: Sequence[
     gets a new bias Parameter when its shift is nonzero: one extra parameter per repaired channel.
 
     `batches` is iterated once per layer, so it must be re-iterable: a list of input tensors or
-    (x, y) pairs. To avoid re-running the whole prefix for every layer, vfcore's own models cache
-    the calibration inputs of the block (or layer) being repaired, up to `max_cache_bytes`
+    (x, y) pairs. To avoid re-running the whole prefix for every layer, the values crossing a cut
+    of the traced graph just before the layer being repaired are cached, up to `max_cache_bytes`
     (0 disables it; passes then start at the input, which gives the same result more slowly).
-    `layers` defaults to `repair_layers(model)`; they are taken in forward order.
+    `layers` defaults to `repair_layers(model)`; they are taken in forward order. Channels are
+    on each layer's output channel axis (the last one for a linear layer on channels-last
+    values).
 
     A wrapper (PFM) may define `repair_targets(layers) -> [(module path in the wrapper to
     measure, layer name in the references, apply(scale, shift))]`, in forward order; scale and
@@ -373,9 +296,11 @@ def repair(model: nn.Module, references: Sequence[nn.Module], weights: Sequence[
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers lists a layer more than once: {layers}")
 
+    traced = structure(base)
     out = copy.deepcopy(model)
     repair_targets = getattr(out, "repair_targets", None)
-    targets = repair_targets(layers) if callable(repair_targets) else _default_targets(out, layers)
+    wrapped = callable(repair_targets)
+    targets = repair_targets(layers) if wrapped else _default_targets(out, traced, layers)
     ref_names = list(dict.fromkeys(ref_name for _, ref_name, _ in targets))
     for name in ref_names:
         try:
@@ -383,14 +308,16 @@ def repair(model: nn.Module, references: Sequence[nn.Module], weights: Sequence[
         except KeyError:
             raise ValueError(f"layer {name!r} does not exist in the reference models; the "
                              f"repairable layers are {repair_layers(references[0])}") from None
+    axes = {name: traced.layer_axes.get(name, 1) for name in ref_names}
 
-    ref_stats = [channel_stats(ref, ref_names, batches) for ref in references]
-    feed = _Feed(out, batches, max_cache_bytes)
-    with _eval_mode(out), torch.no_grad():
+    ref_stats = [channel_stats(ref, ref_names, batches, axes=axes) for ref in references]
+    feed = _Feed(out, batches, max_cache_bytes, None if wrapped else traced)
+    with eval_mode(out), torch.no_grad():
         for path, ref_name, apply in targets:
             target_mean = sum(w * s[ref_name][0] for w, s in zip(weights, ref_stats, strict=True))
             target_std = sum(w * s[ref_name][1] for w, s in zip(weights, ref_stats, strict=True))
-            mean, std = feed.stats([path], _cut_of(out, path))[path]
+            cut = None if wrapped else traced.cut_before(ref_name)
+            mean, std = feed.stats([path], cut, {path: axes[ref_name]})[path]
             if mean.shape != target_mean.shape:
                 raise ValueError(f"{path} has {mean.numel()} channels but reference layer "
                                  f"{ref_name} has {target_mean.numel()}; are the widths the same?")
@@ -400,15 +327,13 @@ def repair(model: nn.Module, references: Sequence[nn.Module], weights: Sequence[
 
 
 def remove_biases(model: nn.Module, k: int, *, from_end: bool = True) -> nn.Module:
-    """Bias Removal (NOTES §2.8): zero the biases of the last k weight layers.
+    """Bias Removal (Sec. 5.3, Fig. 13): zero the biases of the last k weight layers.
 
     With `from_end=False` the first k layers lose their biases instead (forward removal). Only
-    conv/linear biases of `model.weight_layers` are zeroed; norm-layer biases are kept.
+    conv/linear biases of the model's L weight layers (its traced `weight_layers`) are zeroed;
+    norm-layer biases are kept.
     """
-    names = list(getattr(model, "weight_layers", []))
-    if not names:
-        raise TypeError(f"{type(model).__name__} lists no weight_layers; build it with "
-                        "vfcore.build_model")
+    names = structure(model).weight_layers
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(names):
         raise ValueError(f"k must be an integer in [0, {len(names)}] (the model's weight layers),"
                          f" got {k!r}")
@@ -422,43 +347,22 @@ def remove_biases(model: nn.Module, k: int, *, from_end: bool = True) -> nn.Modu
     return out
 
 
-_SHORTCUT = re.compile(r"^(blocks\.\d+)\.shortcut\.\d+$")
-
-
-def _bias_depths(model: nn.Module) -> dict[str, int]:
-    """State key of each conv/linear bias -> its 1-based layer index for bias calibration.
-
-    Weight layers count in forward order. A ResNet shortcut conv (biased only in plain ResNets)
-    is not a counted layer; its output joins the block's conv2 output, so it takes conv2's index.
-    """
-    depth = {name: i for i, name in enumerate(model.weight_layers, start=1)}
-    out: dict[str, int] = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or layer.bias is None:
-            continue
-        if name in depth:
-            out[f"{name}.bias"] = depth[name]
-            continue
-        match = _SHORTCUT.match(name)
-        if match is None or f"{match[1]}.conv2" not in depth:
-            raise ValueError(f"{name} has a bias but is not a weight layer of the model; bias "
-                             "calibration does not know its depth")
-        out[f"{name}.bias"] = depth[f"{match[1]}.conv2"]
-    return out
-
-
 def bias_calibrated_state(model: nn.Module, state_a: State, state_b: State,
                           alpha: float) -> State:
-    """Bias Calibration (NOTES §2.8): interpolate weights, give biases the homogeneous weights.
+    """Bias Calibration (Sec. 5.3): interpolate weights, give biases the homogeneous weights.
 
-    The bias of weight layer l (1-based over `model.weight_layers`) becomes
+    The bias of weight layer l (1-based over the model's L weight layers) becomes
     (1 - alpha)^l b_a + alpha^l b_b; everything else, norm biases included, is interpolated
-    linearly. This is the paper's layer index: the authors' code instead counts every state key
-    containing "weight" (norm weights too) when it computes the exponent.
+    linearly. A layer off the counted path takes the depth of the path it joins (a ResNet
+    shortcut conv, biased in plain ResNets, its block's conv2: `Structure.bias_depths`). This is
+    the paper's layer index: the authors' code instead counts every state key containing
+    "weight" (norm weights too) when it computes the exponent.
     """
     check_states(model.state_dict(), state_a)
     out = interpolate(state_a, state_b, alpha)
-    for key, depth in _bias_depths(model).items():
-        a, b = state_a[key], state_b[key].to(state_a[key].dtype)
-        out[key] = (1 - alpha) ** depth * a + alpha ** depth * b
+    for layer, depth in structure(model).bias_depths.items():
+        key = f"{layer}.bias"
+        if key in state_a:
+            a, b = state_a[key], state_b[key].to(state_a[key].dtype)
+            out[key] = (1 - alpha) ** depth * a + alpha ** depth * b
     return out

@@ -1,4 +1,4 @@
-"""One-shot unstructured magnitude pruning and post-pruning normalisation (NOTES §2.10).
+"""One-shot unstructured magnitude pruning and post-pruning normalisation (Sec. 5.5, App. A.7).
 
 Weights of every conv and linear layer are pruned (biases kept), globally or layer by layer, and
 the result is a plain model with zeros in its weights: no masks or reparametrisation hooks are
@@ -13,6 +13,7 @@ from numbers import Real
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from .hooks import module
 from .models import check_compatible, has_batchnorm
@@ -22,14 +23,15 @@ SCOPES = ("global", "layerwise")
 
 
 def prunable_layers(model: nn.Module) -> list[str]:
-    """Names of every Conv2d and Linear module (ResNet shortcut convs included), in module order.
+    """Names of every convolution and Linear module (ResNet shortcut convs included), in module
+    order; works for any model.
 
     The paper prunes all conv and linear weights; the authors' ResNet20 scripts skip the 1x1
     shortcut convs, which we follow the paper in pruning.
     """
-    names = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = [name for name, m in model.named_modules() if isinstance(m, _ConvNd | nn.Linear)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+        raise ValueError(f"{type(model).__name__} has no convolution or Linear layer to prune")
     return names
 
 

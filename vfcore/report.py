@@ -1,56 +1,37 @@
-"""Tables as CSV and Markdown, and the claims table that ends every notebook."""
+"""Tables of the notebooks as CSV and Markdown, written atomically beside the figures."""
 
 from __future__ import annotations
 
-import csv
 import io
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from .io import atomic_write_text
 
-Row = Sequence[object]
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value).replace("|", "\\|")
 
 
-def _cell(v: object) -> str:
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-
-def markdown_table(header: Row, rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |",
-             "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+def markdown_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (floats with 2 decimals, `|` escaped)."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * table.shape[1]]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(False)]
     return "\n".join(lines) + "\n"
 
 
-def save_table(header: Row, rows: Sequence[Row], name: str, directory: str | os.PathLike
-               ) -> tuple[Path, Path]:
-    """Write `name.csv` and `name.md` atomically; return their paths."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[_cell(v) for v in row] for row in rows])
+def save_table(table: pd.DataFrame, name: str, directory: str | os.PathLike, *,
+               shown: list[str] | None = None) -> str:
+    """Write `name.csv` (every column) and `name.md` (the `shown` columns, default all)
+    atomically; return the Markdown."""
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False, lineterminator="\n", float_format="%.4g")
     directory = Path(directory)
-    return (atomic_write_text(directory / f"{name}.csv", buf.getvalue()),
-            atomic_write_text(directory / f"{name}.md", markdown_table(header, rows)))
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of the paper: its number, ours at this profile, and whether it holds."""
-
-    claim: str
-    paper: str
-    ours: str
-    holds: bool
-    note: str = ""
-
-
-def claims_table(claims: Sequence[Claim], name: str, directory: str | os.PathLike) -> str:
-    """Save and return the Markdown claims table of a notebook."""
-    header = ("claim", "paper", "ours", "holds", "note")
-    rows = [(c.claim, c.paper, c.ours, "yes" if c.holds else "NO", c.note) for c in claims]
-    save_table(header, rows, name, directory)
-    return markdown_table(header, rows)
+    atomic_write_text(directory / f"{name}.csv", buffer.getvalue())
+    text = markdown_table(table if shown is None else table[shown])
+    atomic_write_text(directory / f"{name}.md", text)
+    return text

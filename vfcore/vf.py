@@ -14,8 +14,7 @@ in the docstring concerned.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import StopForward, hooked
-from .models import ChannelLayerNorm, LinearNet, ResidualLinear
+from .hooks import batch_inputs, eval_mode, forward_until
+from .models import LinearNet, ResidualLinear
+from .trace import structure
 
 State = dict[str, torch.Tensor]
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, ChannelLayerNorm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,31 +34,24 @@ NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, ChannelLayerNorm)
 
 
 def vf_layers(model: nn.Module, *, include_norms: bool = False) -> list[str]:
-    """The modules whose outputs are measured, in forward order.
+    """The modules whose outputs are measured, in forward order, from the traced structure.
 
-    These are the model's weight layers (`model.weight_layers`; the output of a ResidualLinear
-    includes its identity). With `include_norms`, the normalisation layer applied right after
-    each weight layer (BatchNorm or LayerNorm; `nn.Identity` placeholders are skipped) follows
-    it: the "pre-BN outputs included" sequence of Figs 2B, 5B, 11 and 12. "Right after" means the
-    next module registered in the model, which for every vfcore architecture is the norm that
-    consumes the layer's output. The authors' code instead hooks every Conv2d, Linear,
-    BatchNorm2d and LayerNorm, ResNet shortcut convolutions and their norms included; the paper
-    counts only the L layers of `weight_layers`, and so does this function.
+    These are the model's L weight layers (the output of a ResidualLinear includes its
+    identity). With `include_norms`, the normalisation layer applied to each weight layer's
+    output (BatchNorm or LayerNorm, found in the traced graph; `nn.Identity` placeholders are
+    not norms) follows it: the "pre-BN outputs included" sequence of Figs 2B, 5B, 11 and 12. The
+    authors' code instead hooks every Conv2d, Linear, BatchNorm2d and LayerNorm, ResNet shortcut
+    convolutions and their norms included; the paper counts only the L layers, and so does this
+    function. A wrapper exposing the merged model as `model.merged` (PFM) gets its layers.
     """
-    layers = getattr(model, "weight_layers", None)
-    if not layers:
-        raise TypeError(f"{type(model).__name__} has no `weight_layers`; build it with "
-                        "vfcore.build_model or pass the layer names to measure yourself")
-    if not include_norms:
-        return list(layers)
-    names = [name for name, _ in model.named_modules()]
-    modules = dict(model.named_modules())
+    merged = getattr(model, "merged", None)
+    traced = structure(merged if isinstance(merged, nn.Module) else model)
     out: list[str] = []
-    for name in layers:
+    for name in traced.weight_layers:
         out.append(name)
-        i = names.index(name)
-        if i + 1 < len(names) and isinstance(modules[names[i + 1]], NORM_TYPES):
-            out.append(names[i + 1])
+        norm = traced.norm_after[name]
+        if include_norms and norm is not None:
+            out.append(norm)
     return out
 
 
@@ -82,20 +74,13 @@ class FeatureNorms:
     num_samples: int
 
 
-def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype, p.device
-    return None, None
-
-
 def _as_input(model: nn.Module, item: torch.Tensor | Sequence) -> torch.Tensor:
     """The input tensor of a batch (`x` or `(x, y)`), in the model's dtype and on its device."""
-    x = item[0] if isinstance(item, (tuple, list)) else item
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+    x = batch_inputs(item)
+    if x.dim() < 2:
         raise TypeError("batches must yield input tensors (N, ...) or (inputs, labels) pairs")
-    dtype, device = _model_dtype_device(model)
-    return x if dtype is None else x.to(device=device, dtype=dtype)
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return x if param is None else x.to(device=param.device, dtype=param.dtype)
 
 
 def _check_layers(layers: Sequence[str]) -> list[str]:
@@ -115,28 +100,6 @@ class _Recorder:
         self.offsets: dict[str, torch.Tensor] | None = None
         self.norms: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
 
-    def _run(self, x: torch.Tensor, use: Callable[[str, torch.Tensor], None]) -> None:
-        """One forward pass on `x`, handing each measured output to `use` as soon as it exists
-        (before any later in-place operation could change it), stopping after the last one."""
-        seen: set[str] = set()
-
-        def record(name: str) -> Callable:
-            def fn(_m: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-                if name in seen:
-                    raise RuntimeError(f"module {name!r} ran twice in one forward pass; measure "
-                                       "modules that are called once")
-                seen.add(name)
-                use(name, out)
-                if len(seen) == len(self.layers):
-                    raise StopForward
-            return fn
-
-        with hooked(self.model, {n: record(n) for n in self.layers}), suppress(StopForward):
-            self.model(x)
-        missing = [n for n in self.layers if n not in seen]
-        if missing:
-            raise RuntimeError(f"modules {missing} were not run by the forward pass")
-
     def _keep_offset(self, name: str, out: torch.Tensor) -> None:
         self.offsets[name] = out.clone()
 
@@ -148,19 +111,13 @@ class _Recorder:
         if self.offsets is None:
             self.offsets = {}
             zero = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            self._run(zero, self._keep_offset)
-        self._run(x, self._add_norms)
+            forward_until(self.model, zero, self.layers, self._keep_offset)
+        forward_until(self.model, x, self.layers, self._add_norms)
 
     @torch.no_grad()
     def update(self, item: torch.Tensor | Sequence) -> None:
-        x = _as_input(self.model, item)
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            self._forward(x)
-        finally:
-            for m, training in modes:
-                m.training = training
+        with eval_mode(self.model):
+            self._forward(_as_input(self.model, item))
 
     def result(self) -> FeatureNorms:
         if self.offsets is None:

@@ -1,0 +1,84 @@
+"""The package's layout: a public front door, no import cycles, the README's example runs."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import torch
+
+import vfcore
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "vfcore"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """vfcore modules imported at module level (not inside functions) by one file."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            if node.level:
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("vfcore"):
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("vfcore"))
+    return found
+
+
+def test_no_import_cycles():
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    parent = {m: m.rsplit(".", 1)[0] for m in modules}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in graph[m]:
+            if n == parent.get(m):
+                continue  # a module may read its own package's __init__ (a package is a unit)
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path, m, n]))
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_the_front_door_exports_the_public_api():
+    for name in vfcore.__all__:
+        assert hasattr(vfcore, name), name
+    for name in ("build_model", "load_dataset", "align", "merge_models", "repair", "reset_bn",
+                 "preserve_first_merge", "prune", "normalized_scale", "Setup"):
+        assert name in vfcore.__all__
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Use it on your own models", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("a.pt", 0), ("b.pt", 1)):
+        torch.manual_seed(seed)
+        model = vfcore.build_model("vgg16_bn", width=0.25, in_channels=1)
+        torch.save(model.state_dict(), name)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["scale"].shape == (len(vfcore.vf_layers(namespace["a"])),)
