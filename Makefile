@@ -16,12 +16,14 @@ install:
 reproduce: install
 	$(PYTHON) -m vfcore.reproduce --profile $(PROFILE) --workers $(WORKERS)
 
-# Unit tests, the paper-structured toy profile over every notebook, the smoke notebooks (nbval),
-# then the claims guard: regenerated smoke claims against the committed ones.
+# Unit tests and the paper-structured toy profile over every notebook (WORKERS processes of one
+# thread each: pytest-xdist), then the smoke notebooks (nbval, one process on every core, as
+# they were committed), then the claims guard: regenerated smoke claims against the committed.
 test: install
 	$(PYTHON) -m vfcore.reproduce --profile smoke --train-only --workers $(WORKERS)
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest tests -n $(WORKERS) --dist worksteal
 	rm -rf $(TEST_FIGURES)
-	VFCORE_FIGURES=$(TEST_FIGURES) $(PYTHON) -m pytest tests notebooks --nbval-lax \
+	VFCORE_FIGURES=$(TEST_FIGURES) $(PYTHON) -m pytest notebooks --nbval-lax \
 		--sanitize-with notebooks/sanitize.cfg
 	$(PYTHON) -m vfcore.claims guard $(TEST_FIGURES)/smoke figures/smoke
 

@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from vfcore.align import FeatureStats, activation_matching, match_weights, matching_objective
-from vfcore.matchers import cca_maps, zipit_maps
+from vfcore.features import FeatureStats, activation_matching
+from vfcore.matchers import cca_maps, zip_group
 from vfcore.models import build_model
 from vfcore.spec import spec_for
+from vfcore.weight_matching import match_weights, matching_objective
 
 
 def pair(name: str, width: float) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -62,7 +63,7 @@ def bench_group_matchers(d: int = 512, n: int = 4096) -> None:
     stats = FeatureStats(d)
     stats.add(shared + 0.5 * torch.randn(n, d, generator=gen),
               shared[:, torch.randperm(d, generator=gen)] + 0.5 * torch.randn(n, d, generator=gen))
-    for label, fn in (("ZipIt!", zipit_maps), ("CCA", cca_maps)):
+    for label, fn in (("ZipIt!", lambda s: zip_group(s).maps()), ("CCA", cca_maps)):
         start = time.perf_counter()
         fn(stats)
         print(f"{label} maps for one {d}-unit group: {time.perf_counter() - start:.2f} s")

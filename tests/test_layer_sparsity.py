@@ -72,6 +72,16 @@ def test_strength_zero_is_layerwise_pruning() -> None:
     assert zeros(as_fractions) == allocation
 
 
+def test_channels_last_weights_are_pruned_like_contiguous_ones() -> None:
+    """Models run channels-last on the CPU; their 4-D weights cannot be viewed as flat."""
+    model = tiny_vgg()
+    allocation = allocate(model, 0.8)
+    reference = prune_allocated(model, allocation)
+    ours = prune_allocated(model.to(memory_format=torch.channels_last), allocation)
+    for name in allocation:
+        assert torch.equal(ours.get_submodule(name).weight, reference.get_submodule(name).weight)
+
+
 @pytest.mark.parametrize("statistic", ["kurtosis", "hoyer"])
 def test_heavier_tails_get_less_sparsity(statistic: str) -> None:
     model = planted()

@@ -26,7 +26,7 @@ def paper_tiny_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = {"VFCORE_DATA": str(data), "VFCORE_NO_DOWNLOAD": "1",
            "VFCORE_CACHE": str(base / "cache"), "VFCORE_FIGURES": str(base / "figures")}
     subprocess.run([sys.executable, "-m", "vfcore.reproduce", "--profile", "paper_tiny",
-                    "--train-only", "--workers", "2"], env=_environ(env), check=True,
+                    "--train-only", "--workers", "1"], env=_environ(env), check=True,
                    cwd=ROOT, capture_output=True)
     return env
 

@@ -177,5 +177,7 @@ def prune_allocated(model: nn.Module, allocation: Mapping[str, int | float]) -> 
             else:
                 raise ValueError(f"{name}: {value!r} is neither a count nor a fraction in [0, 1)")
             order = torch.sort(weight.abs().flatten(), stable=True).indices[:k]
-            weight.view(-1)[order] = 0
+            pruned = torch.zeros(n, dtype=torch.bool, device=weight.device)
+            pruned[order] = True
+            weight.masked_fill_(pruned.view(weight.shape), 0.0)
     return out

@@ -101,8 +101,8 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A layer's input as regression rows in float64: im2col patches for a conv."""
-    x = x.detach().double()
+    """A layer's input as regression rows, in its own dtype: im2col patches for a conv."""
+    x = x.detach()
     if isinstance(layer, nn.Conv2d):
         patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
@@ -131,16 +131,19 @@ def _solve_layer(name: str, merged: nn.Module, endpoints: list[nn.Module], weigh
     device = layer.weight.device
     gram = torch.zeros(p, p, dtype=torch.float64, device=device)
     cross = torch.zeros(p, average.shape[0], dtype=torch.float64, device=device)
+    own_narrow = [w.to(layer.weight.dtype) for w in own]
+    average_narrow = average.to(layer.weight.dtype)
     for batch in batches:
         x = batch_inputs(batch).to(device)
         shared = _input_rows(merged, name, x) if chain else None
-        for e, w_i, weight in zip(endpoints, weights, own, strict=True):
+        for e, w_i, weight in zip(endpoints, weights, own_narrow, strict=True):
             if w_i == 0:
                 continue
             rows = _input_rows(e, name, x)
             source = rows if shared is None else shared
-            gram.addmm_(source.T, source, alpha=w_i)
-            cross.addmm_(source.T, rows @ weight.T - source @ average.T, alpha=w_i)
+            gram.add_((source.T @ source).double(), alpha=w_i)
+            residual = rows @ weight.T - source @ average_narrow.T
+            cross.add_((source.T @ residual).double(), alpha=w_i)
     system = gram + lam * torch.diag(gram.diagonal())
     delta = torch.linalg.pinv(system, rtol=RCOND, hermitian=True) @ cross
     return (average + delta.T).reshape(layer.weight.shape).to(layer.weight.dtype)
@@ -185,9 +188,10 @@ def regression_merge(model_a: nn.Module, model_b: nn.Module, alignment: Alignmen
     biases, the bias terms cancel from the normal equations, so the weights still minimise the
     output error given the averaged bias. BatchNorm statistics are re-estimated on `batches`
     (`reset_bn`) at the end and, for "chain", before each layer's inputs are read (those of the
-    merged prefix only), so the prefix runs with its own statistics. Grams are float64 and
-    accumulated batch by batch; one layer's (in x in) Gram is held at a time. `lam` >= 0 may be
-    math.inf (then the result is the interpolated model, BN statistics re-estimated).
+    merged prefix only), so the prefix runs with its own statistics. Each batch's Gram is taken in
+    the layer's dtype (the BLAS-speed part) and summed over batches in float64; one layer's
+    (in x in) Gram is held at a time. `lam` >= 0 may be math.inf (then the result is the
+    interpolated model, BN statistics re-estimated).
 
     Only `alignment.states` is read: endpoint i is model_a's architecture holding states[i],
     which computes endpoint i's own function for permutation alignments. ZipIt!'s maps depend on

@@ -2,7 +2,7 @@
 then execute the notebooks through papermill from the cache, with progress and timings.
 
     python -m vfcore.reproduce --profile smoke               # all notebooks, in place
-    python -m vfcore.reproduce --profile cpu --workers 2     # executed copies in notebooks/cpu/
+    python -m vfcore.reproduce --profile paper_tiny          # copies in notebooks/paper_tiny/
     python -m vfcore.reproduce --profile paper --device cuda --engine slurm --workers 16
     python -m vfcore.reproduce --only 05 07                  # a selection
 

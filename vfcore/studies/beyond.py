@@ -154,7 +154,7 @@ def layer_sparsity(setup: Setup) -> pd.DataFrame:
     records = []
     for model in ("vgg16_bn", "resnet20"):
         dataset = setup.profile.dataset_for(model)
-        for index in range(setup.profile.models):
+        for index in range(setup.pairs):  # one model per pair, as the pruning study
             job = setup.job(model, index + 1)
             for sparsity in SPARSITIES:
                 for rule in ("global", "layerwise", "tadrop"):
@@ -215,7 +215,6 @@ def beyond(setup: Setup) -> pd.DataFrame:
     """Every part of notebook 09."""
     return pd.concat([regression(setup), partial(setup), ties(setup), layer_sparsity(setup),
                       mergeability(setup)], ignore_index=True)
-
 
 
 PAIR_METRICS = ("weight_cosine", "weight_distance", "wm_cosine", "activation_correlation",

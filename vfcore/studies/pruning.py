@@ -1,7 +1,7 @@
 """One-shot pruning and post-pruning normalisation (Sec. 5.5): Figs 5A-C, 14 and 16 Mid/Right.
 
-Pruning needs one trained model at a time: the profile's models of a configuration (seeds
-1..models) are pruned one by one, and the `pair` column holds the model's index.
+Pruning needs one trained model at a time: one model per pair (seeds 1..pairs, so as many
+models as merges average over) is pruned, and the `pair` column holds the model's index.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def pruning(setup: Setup) -> pd.DataFrame:
     """Fig. 5A/B (VGG16-BN at 80% and ResNet20 at 85%, global magnitude), the accuracy-against-
     sparsity sweeps of Figs 5C and 14 (every model, global and layer-wise magnitude, with and
     without post-pruning normalisation) and Fig. 16 (RESET of ResNet20 from a few images)."""
-    models = range(setup.profile.models)
+    models = range(setup.pairs)
     records = []
     for model, sparsity in (("vgg16_bn", 0.8), ("resnet20", 0.85)):
         for index in models:
