@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from vfcore import mergeability
 from vfcore.align import align
 from vfcore.mergeability import (
     choose_lambda,
@@ -173,3 +174,18 @@ def test_choose_lambda_and_nested_logo() -> None:
         leave_one_group_out(X, y, np.zeros(len(y)), 0.1)
     with pytest.raises(ValueError, match="lam"):
         lasso_fit(X, y, -1.0)
+
+
+def test_choose_lambda_passes_over_a_lam_whose_lasso_does_not_converge(monkeypatch) -> None:
+    X, y, groups = grouped()
+    fit = mergeability.lasso_fit
+
+    def stalls_without_penalty(X, y, lam, **kwargs):
+        if lam == 0.0:
+            raise RuntimeError("lasso did not converge")
+        return fit(X, y, lam, **kwargs)
+
+    monkeypatch.setattr(mergeability, "lasso_fit", stalls_without_penalty)
+    assert choose_lambda(X, 3.0 * X[:, 0] + 1.0, groups, [0.0, 0.01]) == 0.01
+    with pytest.raises(RuntimeError, match="converged for no lam"):
+        choose_lambda(X, y, groups, [0.0])

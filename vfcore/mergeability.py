@@ -264,12 +264,21 @@ def leave_one_group_out(X: np.ndarray, y: np.ndarray, groups: Sequence,
 def choose_lambda(X: np.ndarray, y: np.ndarray, groups: Sequence,
                   grid: Sequence[float]) -> float:
     """The lam of `grid` with the smallest leave-one-group-out mean squared error (plain LOGO);
-    ties go to the largest lam, the sparser model."""
+    ties go to the largest lam, the sparser model. A lam whose lasso does not converge on some
+    fold (small lam on strongly correlated features) cannot be chosen."""
     grid = sorted({_check_lam(lam) for lam in grid}, reverse=True)
     if not grid:
         raise ValueError("grid must hold at least one lam")
-    errors = [float(np.mean((leave_one_group_out(X, y, groups, lam) - np.asarray(y)) ** 2))
-              for lam in grid]
+    errors = []
+    for lam in grid:
+        try:
+            predicted = leave_one_group_out(X, y, groups, lam)
+        except RuntimeError:
+            errors.append(math.inf)
+            continue
+        errors.append(float(np.mean((predicted - np.asarray(y)) ** 2)))
+    if all(math.isinf(e) for e in errors):
+        raise RuntimeError(f"the lasso converged for no lam of {grid}; give larger lams")
     return grid[int(np.argmin(errors))]
 
 
