@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 from torch import nn
+from zoo import randomise
 
 from vfcore.align import align, check_equivalent
 from vfcore.features import (
@@ -61,17 +62,8 @@ def live_model(name: str, seed: int = 0) -> nn.Module:
     planted matching ambiguous, so the test could not have a single right answer."""
     torch.manual_seed(seed)
     model = build_model(name, **TINY[name]).eval()
-    gen = torch.Generator().manual_seed(seed)
-    for key, t in model.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        noise = torch.randn(t.shape, generator=gen)
-        if key.endswith("running_var"):
-            t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-        elif t.dim() >= 2:
-            t.copy_(noise * (2 / t[0].numel()) ** 0.5)
-        else:
-            t.copy_(0.1 * noise + (1.0 if key.endswith(".weight") else 0.0))
+    randomise(model, seed, lambda key, noise: 0.1 * noise + (1.0 if key.endswith(".weight")
+                                                            else 0.0))
     hooks, shifted = [], None
     for module in model.modules():
         if getattr(module, "bias", None) is not None:

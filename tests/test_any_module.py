@@ -54,17 +54,7 @@ def make(name: str, seed: int = 0) -> nn.Module:
     cls, shape = ZOO[name]
     torch.manual_seed(seed)
     model = cls().eval()
-    gen = torch.Generator().manual_seed(seed)
-    for key, t in model.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        noise = torch.randn(t.shape, generator=gen)
-        if key.endswith("running_var"):
-            t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-        elif t.dim() >= 2:
-            t.copy_(noise * (2 / t[0].numel()) ** 0.5)
-        else:
-            t.copy_(1.0 + 0.5 * noise)
+    zoo.randomise(model, seed, lambda _key, noise: 1.0 + 0.5 * noise)
     spec_for(model, torch.zeros(2, *shape))
     return model
 

@@ -8,6 +8,8 @@ models whose structure must be refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,3 +207,22 @@ class ChannelMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return self.head((y - y.mean(1, keepdim=True)).mean((2, 3)))
+
+
+@torch.no_grad()
+def randomise(model: nn.Module, seed: int,
+              vector: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+    """Give `model` generic parameters and statistics in place: He-scaled weight matrices,
+    running variances in [0.5, 1.5), and every other floating vector `vector(key, noise)`, with
+    noise standard normal (tests choose how alive the units are)."""
+    gen = torch.Generator().manual_seed(seed)
+    for key, t in model.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        noise = torch.randn(t.shape, generator=gen)
+        if key.endswith("running_var"):
+            t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+        elif t.dim() >= 2:
+            t.copy_(noise * (2 / t[0].numel()) ** 0.5)
+        else:
+            t.copy_(vector(key, noise))
