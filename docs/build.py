@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 DEFAULT_OUT = REPO / "build" / "site"
+MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 
 class SiteBuildError(RuntimeError):
@@ -105,7 +107,8 @@ def stage(repo: Path, source: Path) -> None:
     profiles = {folder: _profile_of(paths, folder) for folder, paths in notebooks.items()}
     source.mkdir(parents=True, exist_ok=True)
     shutil.copy2(repo / "README.md", source / "README.md")
-    for path in [p for group in (notebooks, claims) for paths in group.values() for p in paths]:
+    pages = [p for group in (notebooks, claims) for paths in group.values() for p in paths]
+    for path in pages + readme_images(repo):
         target = source / path.relative_to(repo)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
@@ -113,6 +116,16 @@ def stage(repo: Path, source: Path) -> None:
     (source / "index.md").write_text(index, encoding="utf-8")
     if claims:
         (source / "claims.md").write_text(_claims_page(claims, profiles, repo), encoding="utf-8")
+
+
+def readme_images(repo: Path) -> list[Path]:
+    """The repository files the README shows as images (web addresses are left to the browser)."""
+    text = (repo / "README.md").read_text(encoding="utf-8")
+    links = [link for link in MARKDOWN_IMAGE.findall(text) if "://" not in link]
+    missing = [link for link in links if not (repo / link).is_file()]
+    if missing:
+        raise SiteBuildError(f"the README shows images that are not in the repository: {missing}")
+    return [repo / link for link in links]
 
 
 def _clear(out: Path) -> None:

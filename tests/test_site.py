@@ -3,6 +3,7 @@ opened in headless Chromium, which must load every figure from the site itself."
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import json
@@ -67,7 +68,10 @@ def _made_up_repo(root: Path, first_cell: str) -> Path:
     """A repository with one smoke notebook, its copy at a `paper` profile, one claims table."""
     (root / "notebooks" / "paper").mkdir(parents=True)
     (root / "figures" / "smoke").mkdir(parents=True)
-    (root / "README.md").write_text("# Made up\n\nThe landing text.\n", encoding="utf-8")
+    (root / "docs").mkdir()
+    (root / "docs" / "summary.png").write_bytes(base64.b64decode(TINY_PNG))
+    (root / "README.md").write_text(
+        "# Made up\n\nThe landing text.\n\n![a summary](docs/summary.png)\n", encoding="utf-8")
     for folder, profile in (root / "notebooks", "smoke"), (root / "notebooks" / "paper", "paper"):
         cells = [_markdown(first_cell, "a"), _figure_cell("b")]
         text = json.loads(_notebook(cells))
@@ -113,6 +117,7 @@ def test_build_picks_up_every_notebook_and_profile(tmp_path):
     index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
     assert "The landing text." in index
     assert "Notebooks (smoke profile)" in index and "Notebooks (paper profile)" in index
+    assert index.count("<img") == 1 and (tmp_path / "site" / "_images" / "summary.png").is_file()
     claims = (tmp_path / "site" / "claims.html").read_text(encoding="utf-8")
     assert "the made-up claim" in claims and 'href="notebooks/01_demo.html"' in claims
 
@@ -121,6 +126,14 @@ def test_build_fails_on_a_broken_notebook(tmp_path):
     repo = _made_up_repo(tmp_path / "repo", "# Demo\n\nSee [the missing page](missing.md).")
     with pytest.raises(build.SiteBuildError, match="Sphinx reported"):
         build.build_site(tmp_path / "site", repo=repo)
+
+
+def test_build_names_a_readme_image_that_is_missing(tmp_path):
+    repo = _made_up_repo(tmp_path / "repo", "# Demo")
+    (repo / "docs" / "summary.png").unlink()
+    with pytest.raises(build.SiteBuildError, match="docs/summary.png"):
+        build.build_site(tmp_path / "site", repo=repo)
+    assert not (tmp_path / "site").exists()
 
 
 def test_build_refuses_to_replace_a_folder_that_is_not_a_site(tmp_path):
