@@ -6,7 +6,7 @@ WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)))"
 # torch is pinned here, not in pyproject.toml: an unpinned install pulls the newest CUDA build.
 TORCH ?= torch==2.13.0
 # Where the test suite's notebooks write, so that `make test` leaves the committed figures alone.
-TEST_FIGURES ?= build/test-figures
+TEST_FIGURES ?= $(CURDIR)/build/test-figures
 
 .PHONY: install reproduce test lint site
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 import vfcore
@@ -82,3 +85,15 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["scale"].shape == (len(vfcore.vf_layers(namespace["a"])),)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_test_guards_the_claims_the_notebooks_wrote(tmp_path):
+    """nbval runs each notebook in notebooks/, so a relative VFCORE_FIGURES would send the
+    claims there and the guard would look for them elsewhere: the path must be absolute."""
+    plan = subprocess.run(["make", "-n", "test", "PYTHON=python3"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+    written = re.search(r"VFCORE_FIGURES=(\S+) \S+ -m pytest notebooks", plan)
+    guarded = re.search(r"-m vfcore\.claims guard (\S+)/smoke figures/smoke", plan)
+    assert written and guarded, plan
+    assert Path(written[1]).is_absolute() and written[1] == guarded[1]
