@@ -24,6 +24,7 @@ from ..pleas import pleas_cost, pleas_merge
 from ..prune import normalize_pruned, prune
 from ..ties import sign_disagreement
 from .merging import Measure, Merge, alignment, endpoint_cells, merge_cells
+from .pruning import pruned_models
 from .setup import Setup, frame
 
 VERSION = 1
@@ -154,7 +155,7 @@ def layer_sparsity(setup: Setup) -> pd.DataFrame:
     records = []
     for model in ("vgg16_bn", "resnet20"):
         dataset = setup.profile.dataset_for(model)
-        for index in range(setup.pairs):  # one model per pair, as the pruning study
+        for index in pruned_models(setup):
             job = setup.job(model, index + 1)
             for sparsity in SPARSITIES:
                 for rule in ("global", "layerwise", "tadrop"):

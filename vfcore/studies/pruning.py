@@ -111,11 +111,17 @@ def _collapse_cells(setup: Setup, model: str, sparsity: float, index: int) -> li
                       version=VERSION)
 
 
+def pruned_models(setup: Setup) -> range:
+    """Indices of the models a pruning study prunes (model i has seed i + 1): one per pair, so
+    a pruning result averages over as many models as a merging result does."""
+    return range(setup.pairs)
+
+
 def pruning(setup: Setup) -> pd.DataFrame:
     """Fig. 5A/B (VGG16-BN at 80% and ResNet20 at 85%, global magnitude), the accuracy-against-
     sparsity sweeps of Figs 5C and 14 (every model, global and layer-wise magnitude, with and
     without post-pruning normalisation) and Fig. 16 (RESET of ResNet20 from a few images)."""
-    models = range(setup.pairs)
+    models = pruned_models(setup)
     records = []
     for model, sparsity in (("vgg16_bn", 0.8), ("resnet20", 0.85)):
         for index in models:
