@@ -16,15 +16,17 @@ install:
 reproduce: install
 	$(PYTHON) -m vfcore.reproduce --profile $(PROFILE) --workers $(WORKERS)
 
-# Unit tests and the paper-structured toy profile over every notebook (WORKERS processes of one
-# thread each: pytest-xdist), then the smoke notebooks (nbval, one process on every core, as
-# they were committed), then the claims guard: regenerated smoke claims against the committed.
+# Unit tests and the paper-structured toy profile over every notebook, then the smoke notebooks
+# (nbval), each on WORKERS processes of one thread (pytest-xdist; a notebook stays on one worker
+# and the longest start first, as `make reproduce` executes them), then the claims guard:
+# regenerated smoke claims against the committed.
 test: install
 	$(PYTHON) -m vfcore.reproduce --profile smoke --train-only --workers $(WORKERS)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest tests -n $(WORKERS) --dist worksteal
 	rm -rf $(TEST_FIGURES)
-	VFCORE_FIGURES=$(TEST_FIGURES) $(PYTHON) -m pytest notebooks --nbval-lax \
-		--sanitize-with notebooks/sanitize.cfg
+	OMP_NUM_THREADS=1 VFCORE_FIGURES=$(TEST_FIGURES) $(PYTHON) -m pytest notebooks \
+		-n $(WORKERS) --dist loadfile --no-loadscope-reorder \
+		--nbval-lax --sanitize-with notebooks/sanitize.cfg
 	$(PYTHON) -m vfcore.claims guard $(TEST_FIGURES)/smoke figures/smoke
 
 lint:

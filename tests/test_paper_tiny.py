@@ -14,7 +14,7 @@ import pytest
 from fake_datasets import write_all
 
 from vfcore.data import DatasetNotFoundError
-from vfcore.reproduce import NOTEBOOKS, check_data, notebook_paths
+from vfcore.reproduce import NOTEBOOKS, check_data, longest_first, notebook_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _environ(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
-@pytest.mark.parametrize("notebook", [p.name for p in notebook_paths()])
+@pytest.mark.parametrize("notebook", [p.name for p in longest_first(notebook_paths())])
 def test_every_notebook_runs_at_the_paper_structure(paper_tiny_env, notebook, tmp_path,
                                                     monkeypatch):
     for key, value in paper_tiny_env.items():

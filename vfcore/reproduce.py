@@ -1,5 +1,7 @@
 """Regenerate every notebook at one profile: check the data, train every endpoint (in parallel),
-then execute the notebooks through papermill from the cache, with progress and timings.
+then execute the notebooks through papermill from the cache, with progress and timings. On a
+CPU the notebooks run on the same number of workers as the training, one kernel of
+`cores // workers` torch threads each, the longest first; on a GPU, one at a time.
 
     python -m vfcore.reproduce --profile smoke               # all notebooks, in place
     python -m vfcore.reproduce --profile paper_tiny          # copies in notebooks/paper_tiny/
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 
 from .data import load_dataset
-from .device import cpu_cores
+from .device import cpu_cores, resolve_device
 from .io import atomic_path
 from .jobs import ENGINES, quiet_output, train_all
 from .profiles import PROFILES, get_profile
@@ -28,6 +33,10 @@ from .studies import Setup
 from .studies.manifest import endpoints
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+LONGEST_FIRST = ("09", "05", "07")
+"""Notebook prefixes by falling cold smoke time (2-core CPU, empty results cache: 603, 263 and
+184 s; each of the others took under 150 s): on several workers they start first, so that the
+workers finish together instead of one starting the longest notebook last."""
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
@@ -41,6 +50,12 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     return paths
 
 
+def longest_first(paths: list[Path]) -> list[Path]:
+    """`paths` with the `LONGEST_FIRST` notebooks moved to the front (the rest keep their order)."""
+    rank = {prefix: i for i, prefix in enumerate(LONGEST_FIRST)}
+    return sorted(paths, key=lambda p: rank.get(p.name[:2], len(rank)))
+
+
 def output_path(notebook: Path, profile: str) -> Path:
     return notebook if profile == "smoke" else NOTEBOOKS / profile / notebook.name
 
@@ -50,8 +65,8 @@ def _portable_metadata(executed: Path, source: Path, out: Path) -> None:
     root = NOTEBOOKS.parent
     nb = json.loads(executed.read_text(encoding="utf-8"))
     meta = nb.get("metadata", {}).get("papermill", {})
-    meta["input_path"] = str(source.relative_to(root))
-    meta["output_path"] = str(out.relative_to(root))
+    meta["input_path"] = str(source.relative_to(root) if source.is_relative_to(root) else source)
+    meta["output_path"] = str(out.relative_to(root) if out.is_relative_to(root) else out)
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -64,25 +79,68 @@ def check_data(profile: str) -> None:
             load_dataset(name, train=train)
 
 
-def execute(profile: str, device: str, paths: list[Path]) -> list[tuple[str, float]]:
-    """Execute the notebooks; return (name, seconds) for each."""
+def _execute_one(notebook: Path, profile: str, device: str, progress: bool) -> float:
+    """Execute one notebook into its output path; return the seconds it took."""
     import papermill
 
+    start = time.perf_counter()
+    out = output_path(notebook, profile)
+    with atomic_path(out) as tmp:
+        papermill.execute_notebook(
+            str(notebook), str(tmp), parameters={"profile": profile, "device": device},
+            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=progress,
+            request_save_on_cell_execute=False)
+        _portable_metadata(tmp, notebook, out)
+    return time.perf_counter() - start
+
+
+def _in_worker(notebook: Path, profile: str, device: str) -> float:
+    """`_execute_one` in a worker process; errors come back as plain RuntimeErrors (papermill's
+    own do not always survive pickling) that keep the message with the failing cell."""
+    try:
+        return _execute_one(notebook, profile, device, progress=False)
+    except Exception as err:
+        raise RuntimeError(f"{notebook.name}: {type(err).__name__}: {err}") from None
+
+
+def _kernel_threads(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def execute(profile: str, device: str, paths: list[Path], workers: int = 1
+            ) -> list[tuple[str, float]]:
+    """Execute the notebooks; return (name, seconds) for each, then ("notebooks", wall seconds).
+
+    With several workers, each runs one notebook at a time in a kernel of `cores // workers`
+    torch threads, the longest notebooks first; a failure stops the notebooks not yet started.
+    """
+    start = time.perf_counter()
     timings = []
-    for i, nb in enumerate(paths, 1):
-        print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
-        start = time.perf_counter()
-        out = output_path(nb, profile)
-        with atomic_path(out) as tmp:
-            papermill.execute_notebook(
-                str(nb), str(tmp), parameters={"profile": profile, "device": device},
-                kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=not quiet_output(),
-                request_save_on_cell_execute=False)
-            _portable_metadata(tmp, nb, out)
-        seconds = time.perf_counter() - start
-        timings.append((nb.name, seconds))
-        print(f"[{i}/{len(paths)}] {nb.name} done in {seconds:.0f} s", flush=True)
-    return timings
+    if workers <= 1:
+        for i, nb in enumerate(paths, 1):
+            print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
+            timings.append((nb.name, _execute_one(nb, profile, device, not quiet_output())))
+            print(f"[{i}/{len(paths)}] {nb.name} done in {timings[-1][1]:.0f} s", flush=True)
+    else:
+        threads = max(1, cpu_cores() // workers)
+        print(f"executing {len(paths)} notebooks on {workers} workers of {threads} torch "
+              f"thread(s), longest first", flush=True)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                 initializer=_kernel_threads, initargs=(threads,)) as pool:
+            running = {pool.submit(_in_worker, nb, profile, device): nb
+                       for nb in longest_first(paths)}
+            while running:
+                done, _ = wait(running, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    nb = running.pop(future)
+                    if future.exception() is not None:
+                        for rest in running:
+                            rest.cancel()
+                        raise future.exception()
+                    timings.append((nb.name, future.result()))
+                    print(f"[{len(timings)}/{len(paths)}] {nb.name} done in "
+                          f"{timings[-1][1]:.0f} s", flush=True)
+    return timings + [("notebooks", time.perf_counter() - start)]
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -91,7 +149,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 05")
     parser.add_argument("--workers", type=int, default=cpu_cores(),
-                        help="endpoints trained at once (default: the usable CPU cores)")
+                        help="endpoints trained, and notebooks executed, at once (default: the "
+                             "usable CPU cores)")
     parser.add_argument("--engine", default="local", choices=ENGINES,
                         help="where endpoints train: this process, local worker processes, "
                              "or a SLURM job array (see the README)")
@@ -106,9 +165,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
           f"with {args.workers} worker(s)", flush=True)
     timings = [("training", train_all(jobs, workers=args.workers, engine=args.engine))]
     if not args.train_only:
-        timings += execute(args.profile, args.device, paths)
+        on_cpu = resolve_device(args.device).type == "cpu"
+        timings += execute(args.profile, args.device, paths, args.workers if on_cpu else 1)
     print("\n".join(f"{s:8.0f} s  {name}" for name, s in timings))
-    print(f"{sum(s for _, s in timings):8.0f} s  total ({args.profile} profile)")
+    stages = [s for name, s in timings if name in ("training", "notebooks")]
+    print(f"{sum(stages):8.0f} s  total ({args.profile} profile)")
     return 0
 
 
