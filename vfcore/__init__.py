@@ -14,6 +14,10 @@ vanishing-feature measurement. `vfcore.studies` holds the paper's experiments, `
 its claims.
 """
 
+from .kernels import pin_reference_kernels
+
+pin_reference_kernels()  # before any import below runs torch: one set of kernels on every CPU
+
 from ._version import __version__
 from .align import Alignment, align, check_equivalent
 from .data import ImageSet, load_dataset

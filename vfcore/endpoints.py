@@ -27,6 +27,7 @@ from .data import ImageSet, dataset_shape, load_dataset
 from .device import cpu_threads, resolve_device
 from .evaluation import memory_format
 from .io import atomic_write_bytes, atomic_write_text
+from .kernels import cpu_kernels
 from .models import ARCHITECTURES, build_model
 from .profiles import LINEAR_MODELS, Profile, get_profile
 from .recipes import Recipe, recipe_for
@@ -154,6 +155,7 @@ class Endpoint:
                 "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]),
                 "device": self.device.type,
                 "threads": TRAIN_THREADS if self.device.type == "cpu" else None,
+                "cpu_kernels": cpu_kernels() if self.device.type == "cpu" else None,
                 "model": config, "dataset": _data_identity(self.dataset), "seed": self.seed,
                 "recipe": self.recipe.as_dict()}
 
