@@ -508,6 +508,22 @@ def test_threads_never_exceed_cores():
         torch.set_num_threads(before)
 
 
+def test_a_core_budget_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("VFCORE_CORES", "4")
+    assert cpu_cores() == 4
+    try:
+        torch.set_num_threads(4)
+        limit_threads()
+        assert torch.get_num_threads() == 4  # the budget, not the machine's cores
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("VFCORE_CORES", bad)
+        with pytest.raises(ValueError, match="VFCORE_CORES"):
+            cpu_cores()
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
