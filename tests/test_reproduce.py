@@ -46,6 +46,21 @@ def test_notebooks_run_on_workers_of_one_thread_each(tmp_path: Path,
     assert "papermill" in executed.metadata
 
 
+def test_a_re_executed_notebook_is_byte_identical(tmp_path: Path):
+    """Executed notebooks carry no timestamps, durations or random ids: re-running one whose
+    results do not change leaves its file as it was."""
+    path = _notebook(tmp_path / "00_x.ipynb", "print(6 * 7)")
+    reproduce.execute("smoke", "cpu", [path])
+    first = path.read_bytes()
+    reproduce.execute("smoke", "cpu", [path])
+    assert path.read_bytes() == first
+    executed = nbformat.read(path, as_version=4)
+    assert not set(reproduce.VOLATILE) & set(executed.metadata["papermill"])
+    assert [c.id for c in executed.cells] == [reproduce.INJECTED_ID, executed.cells[1].id]
+    assert all("execution" not in c.metadata for c in executed.cells)
+    assert executed.cells[1].outputs[0]["text"] == "42\n"
+
+
 def test_a_failing_notebook_stops_the_run_with_its_name(tmp_path: Path):
     paths = [_notebook(tmp_path / "00_ok.ipynb", "1 + 1"),
              _notebook(tmp_path / "01_bad.ipynb", "raise ValueError('planted failure')")]

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -60,13 +60,30 @@ def output_path(notebook: Path, profile: str) -> Path:
     return notebook if profile == "smoke" else NOTEBOOKS / profile / notebook.name
 
 
-def _portable_metadata(executed: Path, source: Path, out: Path) -> None:
-    """Record repository-relative notebook paths in papermill's metadata, not this machine's."""
+VOLATILE = ("start_time", "end_time", "duration")
+"""papermill's per-run timings: dropped on write, so that re-executing a notebook changes only
+lines that carry results."""
+INJECTED_ID = "injected-parameters"
+
+
+def _stable_metadata(executed: Path, source: Path, out: Path) -> None:
+    """Make an executed notebook depend only on its results: repository-relative paths in
+    papermill's metadata instead of this machine's, no timestamps or durations, and a fixed id
+    for the injected-parameters cell instead of a random one."""
     root = NOTEBOOKS.parent
     nb = json.loads(executed.read_text(encoding="utf-8"))
     meta = nb.get("metadata", {}).get("papermill", {})
     meta["input_path"] = str(source.relative_to(root) if source.is_relative_to(root) else source)
     meta["output_path"] = str(out.relative_to(root) if out.is_relative_to(root) else out)
+    for key in VOLATILE:
+        meta.pop(key, None)
+    for cell in nb.get("cells", []):
+        cell_meta = cell.get("metadata", {})
+        cell_meta.pop("execution", None)
+        for key in VOLATILE:
+            cell_meta.get("papermill", {}).pop(key, None)
+        if INJECTED_ID in cell_meta.get("tags", []):
+            cell["id"] = INJECTED_ID
     executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -90,7 +107,7 @@ def _execute_one(notebook: Path, profile: str, device: str, progress: bool) -> f
             str(notebook), str(tmp), parameters={"profile": profile, "device": device},
             kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=progress,
             request_save_on_cell_execute=False)
-        _portable_metadata(tmp, notebook, out)
+        _stable_metadata(tmp, notebook, out)
     return time.perf_counter() - start
 
 
@@ -129,17 +146,13 @@ def execute(profile: str, device: str, paths: list[Path], workers: int = 1
                                  initializer=_kernel_threads, initargs=(threads,)) as pool:
             running = {pool.submit(_in_worker, nb, profile, device): nb
                        for nb in longest_first(paths)}
-            while running:
-                done, _ = wait(running, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    nb = running.pop(future)
-                    if future.exception() is not None:
-                        for rest in running:
-                            rest.cancel()
-                        raise future.exception()
-                    timings.append((nb.name, future.result()))
-                    print(f"[{len(timings)}/{len(paths)}] {nb.name} done in "
-                          f"{timings[-1][1]:.0f} s", flush=True)
+            for future in as_completed(running):
+                if future.exception() is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise future.exception()
+                timings.append((running[future].name, future.result()))
+                print(f"[{len(timings)}/{len(paths)}] {running[future].name} done in "
+                      f"{timings[-1][1]:.0f} s", flush=True)
     return timings + [("notebooks", time.perf_counter() - start)]
 
 
