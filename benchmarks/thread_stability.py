@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,20 +47,29 @@ def run(threads: int) -> Path:
     return figures / "smoke"
 
 
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def numbers(table: pd.DataFrame) -> np.ndarray:
+    """Every number of a table in reading order, including those inside text cells ("86.35 ±
+    1.06" gives two)."""
+    cells = [str(cell) for cell in table.to_numpy().ravel()]
+    return np.array([float(x) for cell in cells for x in NUMBER.findall(cell)])
+
+
 def moved(new: Path, reference: Path) -> pd.DataFrame:
-    """For each results CSV in both folders: numbers compared, how many moved, the largest move."""
+    """For each results CSV in both folders: numbers compared, how many moved, the largest move
+    (-1 moved: the tables differ in shape)."""
     rows = []
     for path in sorted(reference.glob("*.csv")):
         if path.name.startswith("claims_") or not (new / path.name).exists():
             continue
-        a, b = pd.read_csv(path), pd.read_csv(new / path.name)
-        if a.shape != b.shape or list(a.columns) != list(b.columns):
-            rows.append({"table": path.name, "numbers": 0, "moved": -1, "largest": np.nan})
+        a, b = numbers(pd.read_csv(path)), numbers(pd.read_csv(new / path.name))
+        if a.shape != b.shape:
+            rows.append({"table": path.name, "numbers": a.size, "moved": -1, "largest": np.nan})
             continue
-        numeric = a.select_dtypes("number").columns
-        diff = (a[numeric] - b[numeric]).abs().to_numpy(dtype=float)
-        diff = np.nan_to_num(diff, nan=0.0)
-        rows.append({"table": path.name, "numbers": diff.size, "moved": int((diff > 1e-9).sum()),
+        diff = np.nan_to_num(np.abs(a - b), nan=0.0)
+        rows.append({"table": path.name, "numbers": a.size, "moved": int((diff > 1e-9).sum()),
                      "largest": float(diff.max(initial=0.0))})
     return pd.DataFrame(rows)
 
