@@ -5,7 +5,8 @@
 
 A run executes the smoke notebooks under nbval, as `make test` does, on one kernel of N torch
 threads (`OMP_NUM_THREADS=N VFCORE_CORES=N`, so N may exceed this machine's cores: the numbers
-are what N threads compute, only slower) from an empty result cache. The trained endpoints are
+are what N threads compute, only slower; then with `OMP_WAIT_POLICY=PASSIVE`, which changes no
+number) from an empty result cache. The trained endpoints are
 shared with `$VFCORE_CACHE`: they always train on one thread, so every thread count analyses the
 same weights. Figures go to `build/threads-N/smoke/`. Then it compares them with the committed
 `figures/smoke/`: the claims guard (verdicts, and values within their tolerances) and, for every
@@ -41,6 +42,8 @@ def run(threads: int) -> Path:
                 (Path(cache) / entry.name).symlink_to(entry)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VFCORE_CORES": str(threads),
                "VFCORE_CACHE": cache, "VFCORE_FIGURES": str(figures)}
+        if threads > len(os.sched_getaffinity(0)):  # waiting threads must not spin on a core
+            env["OMP_WAIT_POLICY"] = "PASSIVE"       # a busy one needs: 10x slower otherwise
         subprocess.run([sys.executable, "-m", "pytest", "notebooks", "-p", "no:xdist",
                         "--nbval-lax", "--sanitize-with", "notebooks/sanitize.cfg", "-q"],
                        cwd=ROOT, env=env, check=True)
