@@ -114,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{pflop:.3f} PFLOP, {cost:.0f} s recorded on one thread; "
               f"params {sum(p.numel() for p in one.parameters())}", flush=True)
     table = pd.DataFrame(records)
-    OUT.parent.mkdir(exist_ok=True)
-    table.to_csv(OUT.with_suffix(".csv"), index=False, float_format="%.3f")
+    csv = OUT.with_suffix(".csv")
+    if csv.exists():  # a selection of rungs keeps the others' rows
+        kept = pd.read_csv(csv)
+        rung = ["width", "epochs", "bn_epochs"]
+        rerun = kept[rung].round(3).apply(tuple, axis=1).isin(
+            set(table[rung].round(3).apply(tuple, axis=1)))
+        table = pd.concat([kept[~rerun], table]).sort_values("endpoint_pflop", kind="stable")
+    table.to_csv(csv, index=False, float_format="%.3f")
     print(table.pivot_table(index="claim", columns=["width", "epochs"], values="value")
           .round(2).to_string())
     fig, ax = plt.subplots(figsize=(6.4, 4))
