@@ -15,9 +15,9 @@ from vfcore.kernels import REFERENCE, cpu_kernels
 from vfcore.profiles import SMOKE
 from vfcore.studies import Setup
 
-X86_AVX2 = (platform.machine().lower() in ("x86_64", "amd64")
-            and " avx2 " in f" {Path('/proc/cpuinfo').read_text()} ".replace("\n", " ")
-            if Path("/proc/cpuinfo").exists() else False)
+CPUINFO = Path("/proc/cpuinfo")
+X86_AVX2 = (platform.machine().lower() in ("x86_64", "amd64") and CPUINFO.exists()
+            and "avx2" in CPUINFO.read_text().split())
 
 
 def _fresh(code: str, **env: str) -> subprocess.CompletedProcess:

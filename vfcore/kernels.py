@@ -31,12 +31,13 @@ def pin_reference_kernels() -> None:
         return
     for name, value in REFERENCE.items():
         os.environ.setdefault(name, value)
-    if "torch" in sys.modules and cpu_kernels() not in (
-            os.environ["ATEN_CPU_CAPABILITY"].upper(), "DEFAULT"):
-        warnings.warn(f"torch ran CPU operations before vfcore was imported and uses its "
-                      f"{cpu_kernels()} kernels, not {os.environ['ATEN_CPU_CAPABILITY']}: results "
-                      "can differ from other machines'; import vfcore before using torch",
-                      stacklevel=3)
+    if "torch" not in sys.modules:
+        return
+    wanted, used = os.environ["ATEN_CPU_CAPABILITY"], cpu_kernels()
+    if used not in (wanted.upper(), "DEFAULT"):
+        warnings.warn(f"torch ran CPU operations before vfcore was imported and uses its {used} "
+                      f"kernels, not {wanted}: results can differ from other machines'; import "
+                      "vfcore before using torch", stacklevel=3)
 
 
 def cpu_kernels() -> str:
