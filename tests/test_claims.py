@@ -62,11 +62,14 @@ def test_the_guard_notices_a_missing_notebook(tmp_path):
 
 def test_the_summary_counts_held_claims_per_profile(tmp_path):
     save(_verdicts(17.0, "yes"), "claims_00_demo", tmp_path / "smoke")
+    save(_verdicts(17.0, "yes"), "claims_00_demo", tmp_path / "fmnist_quarter")
     save(_verdicts(1.0, "NO"), "claims_00_demo", tmp_path / "paper")
     save(_verdicts(17.0, "yes"), "claims_01_other", tmp_path / "smoke")
     table = what_holds(tmp_path)
-    assert "| `00_demo` | 1/1 | 0/1 |" in table
-    assert "| `01_other` | 1/1 | not run |" in table
+    assert table.startswith("| notebook | smoke | fmnist_quarter | paper |")
+    assert "| `00_demo` | 1/1 | 1/1 | 0/1 |" in table
+    assert "| `01_other` | 1/1 | not run | not run |" in table
+    assert "| **all** | **2/2** | **1/1** | **0/1** |" in table
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- what-holds:begin -->\nold\n<!-- what-holds:end -->\nend\n")
     assert not readme_is_current(readme, tmp_path)

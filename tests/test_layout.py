@@ -97,3 +97,16 @@ def test_make_test_guards_the_claims_the_notebooks_wrote(tmp_path):
     guarded = re.search(r"-m vfcore\.claims guard (\S+)/smoke figures/smoke", plan)
     assert written and guarded, plan
     assert Path(written[1]).is_absolute() and written[1] == guarded[1]
+
+
+def test_nbval_skips_the_executed_copies_of_other_profiles(tmp_path):
+    """`make test` runs `pytest notebooks`: notebooks/<profile>/ holds hours of another profile's
+    outputs, which nbval must not re-execute."""
+    (tmp_path / "fmnist_quarter").mkdir()
+    for where in (tmp_path, tmp_path / "fmnist_quarter"):
+        shutil.copy(ROOT / "notebooks" / "00_walkthrough.ipynb", where)
+    shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path)
+    listed = subprocess.run(["python3", "-m", "pytest", str(tmp_path), "--collect-only", "-q",
+                             "--nbval-lax", "-p", "no:cacheprovider"], cwd=tmp_path,
+                            capture_output=True, text=True).stdout
+    assert "00_walkthrough.ipynb" in listed and "fmnist_quarter" not in listed, listed

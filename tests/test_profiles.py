@@ -20,7 +20,7 @@ def test_get_profile_by_name_and_default():
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown profile 'huge'.*smoke, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'huge'.*smoke, fmnist_quarter, paper"):
         get_profile("huge")
 
 
@@ -74,6 +74,20 @@ def test_smoke_profile_is_complete():
     assert all(0 <= s < 1 for s in p.sparsities)
     assert 0 < p.calibration_images <= 60_000 and 0 < p.measure_images <= 60_000
     assert all(0 < n <= p.calibration_images for n in p.calibration_counts)
+
+
+def test_fmnist_quarter_sits_between_smoke_and_paper():
+    smoke, mid, paper = (get_profile(n) for n in ("smoke", "fmnist_quarter", "paper"))
+    assert mid.dataset == mid.linear_dataset == smoke.dataset
+    assert mid.recipe_overrides == smoke.recipe_overrides  # the CPU recipes, not Table 2's
+    assert mid.pairs == 3 and mid.partial_stride == 1
+    for name in ARCHITECTURES:
+        assert smoke.width_of(name) <= mid.width_of(name) <= paper.width_of(name), name
+        assert smoke.epochs_of(name) <= mid.epochs_of(name) <= paper.epochs_of(name), name
+    assert mid.width_of("vgg16") == mid.width_of("vgg16_bn") == 0.25
+    for size in ("calibration_images", "measure_images", "test_images"):
+        assert getattr(smoke, size) < getattr(mid, size), size
+    assert set(smoke.lr_sweep_models) < set(mid.lr_sweep_models)
 
 
 def test_dataset_for_splits_linear_nets_from_cnns():

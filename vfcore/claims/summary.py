@@ -16,7 +16,7 @@ import pandas as pd
 from ..io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-PROFILES = ("smoke", "paper")
+PROFILES = ("smoke", "fmnist_quarter", "paper")
 """The profiles the README compares, left to right."""
 BEGIN, END = "<!-- what-holds:begin -->", "<!-- what-holds:end -->"
 
