@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from vfcore import activation_matching, align, merge_models, spec_for
+from vfcore import align, merge_models, spec_for
 from vfcore.studies import Setup
 from vfcore.weight_matching import match_weights, matching_objective
 
@@ -35,17 +35,18 @@ def compare(setup: Setup, pair: int) -> None:
     spec, sa, sb = spec_for(a), a.state_dict(), b.state_dict()
     dataset = setup.profile.dataset_for("vgg16")
     calibration = setup.calibration(a, dataset, pair)
-    wm = [match_weights(spec, sa, sb, seed=k).perms for k in range(3)]
-    am = activation_matching(a, b, calibration, spec)
-    objective = [matching_objective(spec, sa, sb, p) for p in wm]
+    alignments = {method: align(a, b, method, calibration) for method in ("wm", "am")}
+    wm, am = alignments["wm"].maps[1], alignments["am"].maps[1]
+    objective = [matching_objective(spec, sa, sb, wm)]
+    objective += [matching_objective(spec, sa, sb, match_weights(spec, sa, sb, seed=k).perms)
+                  for k in (1, 2)]
     print(f"pair {setup.profile.seeds(pair)}: WM objective, identity "
           f"{matching_objective(spec, sa, sb, {}):.1f}; WM (3 seeds) "
           + " / ".join(f"{o:.1f}" for o in objective)
           + f"; AM's permutations {matching_objective(spec, sa, sb, am):.1f}")
-    agree = [float((wm[0][g] == am[g]).float().mean()) for g in spec.groups]
+    agree = [float((wm[g] == am[g]).float().mean()) for g in spec.groups]
     print("  units WM and AM pair alike, per group: " + " ".join(f"{x:.2f}" for x in agree))
-    for method in ("wm", "am"):
-        alignment = align(a, b, method, calibration)
+    for method, alignment in alignments.items():
         accuracy = {norm: setup.accuracy(merge_models(a, b, alignment, norm=norm,
                                                       calibration=calibration), dataset)
                     for norm in ("none", "repair", "rescale")}

@@ -9,7 +9,7 @@ code regenerates a figure at every rung; no notebook tests a profile's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .data import DATASETS
@@ -240,11 +240,9 @@ SMOKE = Profile(
 )
 """The default and the CI profile: Fashion-MNIST on a 2-core CPU (sizes: see the README)."""
 
-FMNIST_QUARTER = Profile(
+FMNIST_QUARTER = replace(
+    SMOKE,
     name="fmnist_quarter",
-    dataset="fashion_mnist",
-    linear_dataset="fashion_mnist",
-    image_size=32,
     widths=_per_model(1.0, 0.25, resnet20=0.5, resnet20_ln=0.5, resnet20_plain=0.5),
     epochs=_per_model(2.0, 2.0, linear8=5.0, vgg16=4.0, vgg16_bn=3.0, resnet20=2.0,
                       resnet20_ln=1.0, resnet20_plain=1.0),
@@ -252,22 +250,12 @@ FMNIST_QUARTER = Profile(
     calibration_images=1000,
     measure_images=1000,
     test_images=2000,
-    wm_restarts=1,
     partial_stride=1,
-    alphas=5,
-    lr_sweep=(0.01, 0.1),
     lr_sweep_models=(("vgg16_ln", None), ("resnet20", None)),
-    wd_sweep=(1e-4, 5e-4),
-    wd_sweep_models=(("vgg16", None),),
-    sparsities=(0.5, 0.7, 0.8, 0.9, 0.95),
-    calibration_counts=(64,),
-    population=SMOKE.population,
-    augment=False,
-    recipe_overrides=CPU_RECIPES,
 )
-"""The CPU rung between smoke and paper: Fashion-MNIST, the VGG16s at a quarter width (plain 4
+"""The CPU rung between smoke and paper: smoke with the VGG16s at a quarter width (plain 4
 epochs, BN 3, LN 2), ResNet20 at half width for 2 epochs (LN: 1), all three pairs, twice the
-smoke profile's calibration and test images, Fig. 4 at every layer, and Fig. 6's learning-rate
+calibration, measurement and test images, Fig. 4 at every layer, and Fig. 6's learning-rate
 sweep on VGG16-LN as well as ResNet20. Sized from `benchmarks/claims_vs_compute.py`; its cold
 `make reproduce PROFILE=fmnist_quarter` time and what holds are in the README.
 """
