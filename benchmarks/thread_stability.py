@@ -33,18 +33,9 @@ from vfcore.claims.summary import guard, load
 from vfcore.device import cpu_cores
 from vfcore.endpoints import resolve_cache_dir
 from vfcore.profiles import PROFILES
-from vfcore.reproduce import notebook_paths
+from vfcore.reproduce import execute_notebook, notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def execute(notebook: Path, out: Path, profile: str, env: dict[str, str]) -> None:
-    """Run one notebook of `profile` with papermill into `out`, in the environment `env`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{notebook.name} ({env['OMP_NUM_THREADS']} thread(s)) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(out), "-p", "profile",
-                    profile, "-p", "device", "cpu", "--cwd", str(notebook.parent), "-k",
-                    "python3", "--no-progress-bar"], cwd=ROOT, env=env, check=True)
 
 
 def run(threads: int, profile: str, only: list[str]) -> Path:
@@ -57,17 +48,19 @@ def run(threads: int, profile: str, only: list[str]) -> Path:
         for entry in endpoints.iterdir():
             if entry.suffix in (".pt", ".json"):
                 (Path(cache) / entry.name).symlink_to(entry)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "VFCORE_CORES": str(threads),
-               "VFCORE_CACHE": cache, "VFCORE_FIGURES": str(build)}
+        os.environ.update({"OMP_NUM_THREADS": str(threads), "VFCORE_CORES": str(threads),
+                           "VFCORE_CACHE": cache, "VFCORE_FIGURES": str(build)})
         if threads > cores:  # spinning waiters would take the cores the busy threads need
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         if profile == "smoke":
             subprocess.run([sys.executable, "-m", "pytest", *map(str, notebooks), "-p",
                             "no:xdist", "--nbval-lax", "--sanitize-with",
-                            "notebooks/sanitize.cfg", "-q"], cwd=ROOT, env=env, check=True)
+                            "notebooks/sanitize.cfg", "-q"], cwd=ROOT, check=True)
         else:
             for notebook in notebooks:
-                execute(notebook, build / "notebooks" / profile / notebook.name, profile, env)
+                print(f"{notebook.name} on {threads} thread(s) ...", flush=True)
+                execute_notebook(notebook, profile, "cpu", progress=False,
+                                 out=build / "notebooks" / profile / notebook.name)
     return build / profile
 
 
@@ -95,7 +88,7 @@ def moved(new: Path, reference: Path) -> pd.DataFrame:
         diff = np.nan_to_num(np.abs(a - b), nan=0.0)
         rows.append({"table": path.name, "numbers": a.size, "moved": int((diff > 1e-9).sum()),
                      "largest": float(diff.max(initial=0.0))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["table", "numbers", "moved", "largest"])
 
 
 def verdicts_changed(new: Path, reference: Path) -> list[str]:

@@ -96,12 +96,15 @@ def check_data(profile: str) -> None:
             load_dataset(name, train=train)
 
 
-def _execute_one(notebook: Path, profile: str, device: str, progress: bool) -> float:
-    """Execute one notebook into its output path; return the seconds it took."""
+def execute_notebook(notebook: Path, profile: str, device: str, progress: bool,
+                     out: Path | None = None) -> float:
+    """Execute one notebook into `out` (default: its output path for `profile`); return the
+    seconds it took. The kernel inherits this process's environment."""
     import papermill
 
     start = time.perf_counter()
-    out = output_path(notebook, profile)
+    out = output_path(notebook, profile) if out is None else out
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         papermill.execute_notebook(
             str(notebook), str(tmp), parameters={"profile": profile, "device": device},
@@ -112,10 +115,10 @@ def _execute_one(notebook: Path, profile: str, device: str, progress: bool) -> f
 
 
 def _in_worker(notebook: Path, profile: str, device: str) -> float:
-    """`_execute_one` in a worker process; errors come back as plain RuntimeErrors (papermill's
+    """`execute_notebook` in a worker process; errors come back as plain RuntimeErrors (papermill's
     own do not always survive pickling) that keep the message with the failing cell."""
     try:
-        return _execute_one(notebook, profile, device, progress=False)
+        return execute_notebook(notebook, profile, device, progress=False)
     except Exception as err:
         raise RuntimeError(f"{notebook.name}: {type(err).__name__}: {err}") from None
 
@@ -136,7 +139,7 @@ def execute(profile: str, device: str, paths: list[Path], workers: int = 1
     if workers <= 1:
         for i, nb in enumerate(paths, 1):
             print(f"[{i}/{len(paths)}] {nb.name} ...", flush=True)
-            timings.append((nb.name, _execute_one(nb, profile, device, not quiet_output())))
+            timings.append((nb.name, execute_notebook(nb, profile, device, not quiet_output())))
             print(f"[{i}/{len(paths)}] {nb.name} done in {timings[-1][1]:.0f} s", flush=True)
     else:
         threads = max(1, cpu_cores() // workers)
