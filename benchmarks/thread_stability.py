@@ -10,10 +10,11 @@ machine's cores: the numbers are what N threads compute, only slower; then with
 `OMP_WAIT_POLICY=PASSIVE`, which changes no number) from an empty result cache: smoke's under
 nbval, as `make test` does, other profiles' with papermill into `build/threads-N/notebooks/`. The
 trained endpoints are shared with `$VFCORE_CACHE`: they always train on one thread, so every
-thread count analyses the same weights. Figures go to `build/threads-N/<profile>/`. Then it
-compares them with the committed `figures/<profile>/` (those of the notebooks that ran): the
-claims guard (verdicts, and values within their tolerances), every verdict that changed in either
-direction, and, for every results CSV, how many numbers moved and by how much.
+thread count analyses the same weights. Figures go to `build/threads-N/<profile>/`, emptied first so
+that an earlier run's figures never count as this one's. Then it compares them with the committed
+`figures/<profile>/` (those of the notebooks that ran): the claims guard (verdicts, and values
+within their tolerances), every verdict that changed in either direction, and, for every results
+CSV, how many numbers moved and by how much.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(threads: int, profile: str, only: list[str]) -> Path:
     """Execute the profile's notebooks on `threads` torch threads; return their figures folder."""
     build = ROOT / "build" / f"threads-{threads}"
+    shutil.rmtree(build / profile, ignore_errors=True)
     notebooks = notebook_paths(only)
     cores = cpu_cores()
     endpoints = resolve_cache_dir()
