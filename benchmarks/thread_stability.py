@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,8 @@ def run(threads: int, profile: str, only: list[str]) -> Path:
     notebooks = notebook_paths(only)
     cores = cpu_cores()
     endpoints = resolve_cache_dir()
-    with tempfile.TemporaryDirectory(prefix="vfcore-threads-") as cache:
+    with tempfile.TemporaryDirectory(prefix="vfcore-threads-") as cache, \
+            patch.dict(os.environ):  # the kernels inherit it; restored with the cache's removal
         for entry in endpoints.iterdir():
             if entry.suffix in (".pt", ".json"):
                 (Path(cache) / entry.name).symlink_to(entry)
