@@ -42,20 +42,23 @@ class _Term:
     W_b' is W_b with the perms of the tensor's other grouped axes applied. The product is kept and
     updated as those perms change: when a perm changed on fewer than half of its indices, only the
     changed slices are recomputed (a low-rank update), which is exact up to rounding and makes the
-    late sweeps of weight matching cheap. Matmuls are float32; the product is kept in float64.
+    late sweeps of weight matching cheap. Both tensors are stored as (rest, neighbour, unit), so
+    every gather along the neighbour axis copies whole rows of units, and the product is one
+    transposed matmul. Matmuls are float32; the product is kept in float64.
     """
 
     def __init__(self, wa: torch.Tensor, wb: torch.Tensor, axis: int,
                  others: list[tuple[int, str]]):
         self.groups = [g for _, g in others]
-        lead = [axis] + [ax for ax, _ in others[:1]]
-        order = lead + [ax for ax in range(wa.dim()) if ax not in lead]
+        tail = [ax for ax, _ in others[:1]] + [axis]
+        order = [ax for ax in range(wa.dim()) if ax not in tail] + tail
         self.extra = [(order.index(ax), g) for ax, g in others[1:]]
         self.d = wa.shape[axis]
         self.b = wb.float().permute(order).contiguous()
         if wa.dim() == 1:
-            self.b = self.b[:, None]
-        self.a = wa.float().permute(order).reshape(self.d, self.b.shape[1], -1).contiguous()
+            self.b = self.b[None]
+        self.neighbour_dim = self.b.dim() - 2
+        self.a = wa.float().permute(order).reshape(-1, self.b.shape[-2], self.d).contiguous()
         self.used: list[torch.Tensor] = []
         self.product: torch.Tensor | None = None
 
@@ -72,18 +75,18 @@ class _Term:
                     return self.product
         b = self.b
         if current:
-            b = b.index_select(1, current[0])
+            b = b.index_select(self.neighbour_dim, current[0])
         for pos, g in self.extra:
             b = b.index_select(pos, perms[g])
-        self.product = (self.a.reshape(self.d, -1) @ b.reshape(self.d, -1).T).double()
+        self.product = (self.a.reshape(-1, self.d).T @ b.reshape(-1, self.d)).double()
         self.used = [p.clone() for p in current]
         return self.product
 
     def _update(self, slots: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
-        b = self.b.reshape(self.d, self.b.shape[1], -1)
+        b = self.b.reshape(-1, self.b.shape[-2], self.d)
         delta = b.index_select(1, new) - b.index_select(1, old)
-        part = self.a.index_select(1, slots).reshape(self.d, -1)
-        self.product += (part @ delta.reshape(self.d, -1).T).double()
+        part = self.a.index_select(1, slots)
+        self.product += (part.reshape(-1, self.d).T @ delta.reshape(-1, self.d)).double()
 
 
 class _Matcher:
