@@ -18,7 +18,7 @@ with RESCALE (VGG16-BN: with RESET), and for the plain VGG16 AM + RESCALE at PFM
 Three levers that move weights away from their initialisation train the endpoints with another
 recipe than the profile's: `--weight-decay D`, `--milestones F ...` (the fractions of the run at
 which lr drops 10x; none: constant lr) and `--epochs E` (a longer run, its lr steps at the same
-fractions); `--width W` trains them wider.
+fractions); `--width W` trains them at another width.
 Endpoints come from the cache (trained if missing: about 7 minutes each for the quarter-width
 VGG16, 4 for VGG16-BN, on one thread).
 """
