@@ -57,7 +57,6 @@ class _Term:
         self.b = wb.float().permute(order).contiguous()
         if wa.dim() == 1:
             self.b = self.b[None]
-        self.neighbour_dim = self.b.dim() - 2
         self.a = wa.float().permute(order).reshape(-1, self.b.shape[-2], self.d).contiguous()
         self.used: list[torch.Tensor] = []
         self.product: torch.Tensor | None = None
@@ -75,7 +74,7 @@ class _Term:
                     return self.product
         b = self.b
         if current:
-            b = b.index_select(self.neighbour_dim, current[0])
+            b = b.index_select(b.dim() - 2, current[0])
         for pos, g in self.extra:
             b = b.index_select(pos, perms[g])
         self.product = (self.a.reshape(-1, self.d).T @ b.reshape(-1, self.d)).double()
