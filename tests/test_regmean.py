@@ -109,6 +109,28 @@ def test_single_linear_layer_minimises_the_summed_output_error(variant: str) -> 
                               atol=1e-2)
 
 
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet20"])
+@pytest.mark.parametrize("variant", ["regmean", "chain"])
+def test_cached_passes_give_the_same_merge_with_fewer_forwards(name: str, variant: str) -> None:
+    # passes resumed at cuts must compute what passes from the input compute, bit for bit, also
+    # for "chain", whose merged prefix changes (weights, then BN statistics) layer by layer
+    data = batches(name, n=3)
+    a, b = model(name, 0, data), model(name, 1, data)
+    calls = []
+    first = a.get_submodule(forward_order(a, data[0])[0])
+    handle = first.register_forward_hook(lambda *_: calls.append(1))
+    merges = {}
+    for budget in (0, 2**30):
+        calls.clear()
+        merges[budget] = regression_merge(a, b, align(a, b, "direct"), data, alpha=0.3, lam=0.1,
+                                          variant=variant, max_cache_bytes=budget)
+        merges[budget, "calls"] = len(calls)
+    handle.remove()
+    for key, value in merges[0].state_dict().items():
+        assert torch.equal(value, merges[2**30].state_dict()[key]), key
+    assert merges[2**30, "calls"] < merges[0, "calls"] / 2
+
+
 def _mlp(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     m = MLP(5, 4, 2, 3).eval()

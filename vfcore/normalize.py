@@ -21,13 +21,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from .device import model_device
-from .hooks import Batch, batch_inputs, eval_mode, forward_until, module
+from .feed import Feed, Stats
+from .hooks import Batch, batch_inputs, eval_mode, module
 from .merge import State, check_states, interpolate
 from .models import ResidualLinear, check_compatible, has_batchnorm
-from .stats import Moments
 from .trace import Structure, structure
 
-Stats = tuple[torch.Tensor, torch.Tensor]
 Apply = Callable[[torch.Tensor, torch.Tensor], None]
 Target = tuple[str, str, Apply]
 MODES = ("repair", "rescale", "reshift")
@@ -40,76 +39,6 @@ def _check_batches(batches: Iterable[Batch], reiterable: bool) -> None:
     if reiterable and isinstance(batches, Iterator):
         raise TypeError("batches is an iterator, but this pass iterates it several times; "
                         "pass a list, e.g. list(batches(...))")
-
-
-class _Feed:
-    """Runs calibration batches through a model, from the input or from a cut's cached values.
-
-    A pass that measures a layer can cache, on the way, the values live at a cut of the traced
-    graph before that layer (`Structure.cut_before`). Once every layer before that cut is final,
-    later passes start there (`Structure.run`), so REPAIR's layer-by-layer passes cost about two
-    forward passes in all instead of one per layer. Cached values are copied before each use, as
-    the graph may change them in place. The caller puts the model in eval and no-grad mode.
-    """
-
-    def __init__(self, model: nn.Module, batches: Iterable[Batch], max_cache_bytes: int = 0,
-                 traced: Structure | None = None):
-        self.model, self.batches, self.max_cache_bytes = model, batches, max_cache_bytes
-        self.traced = traced
-        self.device = model_device(model)
-        self.start = 0
-        self.cache: list[tuple] = []
-
-    def _values(self, i: int, x: torch.Tensor, cut: int) -> tuple:
-        """The values live at `cut` on batch i, from the cache when it lies at or before it."""
-        if self.cache and self.start <= cut:
-            values, start = tuple(_copy(v) for v in self.cache[i]), self.start
-        else:
-            values, start = (x,), 0
-        if start == cut:
-            return values
-        return self.traced.run(self.model, values, start=start, stop=cut)
-
-    def stats(self, names: list[str], cut: int | None = None,
-              axes: dict[str, int] | None = None) -> dict[str, Stats]:
-        """Per-channel statistics of the named outputs (channels on `axes[name]`, default 1);
-        each pass stops once all are seen.
-
-        `cut` is a cut of the traced graph before the named outputs whose preceding layers are
-        final: passes start from its values, which are cached (if they fit) for later passes.
-        """
-        axes = axes or {}
-        acc = {name: Moments() for name in names}
-
-        def use(name: str, out: torch.Tensor) -> None:
-            acc[name].add(out.movedim(axes.get(name, 1), 1))
-
-        caching = cut is not None and self.traced is not None and self.max_cache_bytes > 0
-        captured: list[tuple] | None = [] if caching and cut != self.start else None
-        n_batches = 0
-        for i, batch in enumerate(self.batches):
-            n_batches += 1
-            x = batch_inputs(batch).to(self.device)
-            if not caching:
-                forward_until(self.model, x, names, use)
-                continue
-            values = self._values(i, x, cut)
-            if captured is not None:
-                captured.append(tuple(_copy(v) for v in values))
-                if sum(v.nbytes for vs in captured for v in vs
-                       if isinstance(v, torch.Tensor)) > self.max_cache_bytes:
-                    captured = None
-            forward_until(self.model, x, names, use,
-                          call=lambda v=values: self.traced.run(self.model, v, start=cut))
-        if n_batches == 0:
-            raise ValueError("batches is empty; give at least one calibration batch")
-        if captured is not None:
-            self.start, self.cache = cut, captured
-        return {name: (a.mean, a.std) for name, a in acc.items()}
-
-
-def _copy(value: object) -> object:
-    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def channel_stats(model: nn.Module, names: Sequence[str], batches: Iterable[Batch], *,
@@ -126,7 +55,7 @@ def channel_stats(model: nn.Module, names: Sequence[str], batches: Iterable[Batc
         raise ValueError("no module names given to measure")
     _check_batches(batches, reiterable=False)
     with eval_mode(model), torch.no_grad():
-        return _Feed(model, batches).stats(names, axes=axes)
+        return Feed(model, batches).stats(names, axes=axes)
 
 
 def reset_bn(model: nn.Module, batches: Iterable[Batch]) -> nn.Module:
@@ -311,7 +240,7 @@ def repair(model: nn.Module, references: Sequence[nn.Module], weights: Sequence[
     axes = {name: traced.layer_axes.get(name, 1) for name in ref_names}
 
     ref_stats = [channel_stats(ref, ref_names, batches, axes=axes) for ref in references]
-    feed = _Feed(out, batches, max_cache_bytes, None if wrapped else traced)
+    feed = Feed(out, batches, max_cache_bytes, None if wrapped else traced)
     with eval_mode(out), torch.no_grad():
         for path, ref_name, apply in targets:
             target_mean = sum(w * s[ref_name][0] for w, s in zip(weights, ref_stats, strict=True))

@@ -33,7 +33,8 @@ energies diag(G_i) agree. D scales the penalty per input feature, so lam is unit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import zip_longest
 
 import torch
 import torch.nn.functional as F
@@ -42,10 +43,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .align import Alignment
 from .device import model_device
-from .hooks import Batch, batch_inputs, eval_mode, forward_until, hooked, module
+from .feed import Feed
+from .hooks import Batch, batch_inputs, eval_mode, hooked, module
 from .merge import check_alpha, check_states, interpolate, with_state
 from .models import has_batchnorm
 from .normalize import reset_bn
+from .trace import Structure, TraceError, structure
 
 VARIANTS = ("regmean", "chain")
 RCOND = 1e-10
@@ -109,21 +112,15 @@ def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, layer.in_features)
 
 
-@torch.no_grad()
-def _input_rows(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
-    found: list[torch.Tensor] = []
-    forward_until(model, x, [name], lambda _n, t: found.append(t), inputs=[name])
-    return _rows(module(model, name), found[0])
-
-
 def _flat(w: torch.Tensor) -> torch.Tensor:
     return w.detach().double().reshape(w.shape[0], -1)
 
 
 @torch.no_grad()
 def _solve_layer(name: str, merged: nn.Module, endpoints: list[nn.Module], weights: list[float],
-                 batches: list[Batch], lam: float, chain: bool) -> torch.Tensor:
-    """The merged weight of one layer, in the layer's shape and dtype."""
+                 feeds: list[Feed], cut: int | None, lam: float, chain: bool) -> torch.Tensor:
+    """The merged weight of one layer, in the layer's shape and dtype. `feeds` hold the endpoints'
+    passes, then the merged model's (read for "chain" only), which go batch by batch together."""
     layer = module(merged, name)
     own = [_flat(module(e, name).weight) for e in endpoints]
     average = torch.lerp(own[0], own[1], weights[1])
@@ -133,16 +130,20 @@ def _solve_layer(name: str, merged: nn.Module, endpoints: list[nn.Module], weigh
     cross = torch.zeros(p, average.shape[0], dtype=torch.float64, device=device)
     own_narrow = [w.to(layer.weight.dtype) for w in own]
     average_narrow = average.to(layer.weight.dtype)
-    for batch in batches:
-        x = batch_inputs(batch).to(device)
-        shared = _input_rows(merged, name, x) if chain else None
-        for e, w_i, weight in zip(endpoints, weights, own_narrow, strict=True):
+    used = [k for k, w_i in enumerate(weights) if w_i != 0] + ([len(endpoints)] if chain else [])
+    rows: dict[int, torch.Tensor] = {}
+
+    def keep(k: int) -> Callable[[str, torch.Tensor], None]:
+        return lambda _name, x: rows.__setitem__(k, _rows(layer, x))
+
+    for _ in zip_longest(*(feeds[k].each([name], keep(k), cut, inputs=[name]) for k in used)):
+        shared = rows[len(endpoints)] if chain else None
+        for k, (w_i, weight) in enumerate(zip(weights, own_narrow, strict=True)):
             if w_i == 0:
                 continue
-            rows = _input_rows(e, name, x)
-            source = rows if shared is None else shared
+            source = rows[k] if shared is None else shared
             gram.add_((source.T @ source).double(), alpha=w_i)
-            residual = rows @ weight.T - source @ average_narrow.T
+            residual = rows[k] @ weight.T - source @ average_narrow.T
             cross.add_((source.T @ residual).double(), alpha=w_i)
     system = gram + lam * torch.diag(gram.diagonal())
     delta = torch.linalg.pinv(system, rtol=RCOND, hermitian=True) @ cross
@@ -150,33 +151,51 @@ def _solve_layer(name: str, merged: nn.Module, endpoints: list[nn.Module], weigh
 
 
 @torch.no_grad()
-def _reestimate_prefix(model: nn.Module, name: str, batches: list[Batch]) -> None:
+def _reestimate_prefix(model: nn.Module, name: str, feed: Feed, cut: int | None) -> None:
     """RESET (Algorithm 1) in place for the BatchNorms that run before layer `name`: each batch is
-    forwarded in training mode, with momentum None (cumulative average), only up to that layer.
+    forwarded in training mode, with momentum None (cumulative average), only up to that layer,
+    from the training-mode values `feed` cached at `cut` where it has them.
 
-    `reset_bn` would copy the model and run it to the end for every layer of the chain; the
-    BatchNorms after `name` are left reset here and re-estimated by later steps.
+    Each BatchNorm is reset when the pass first reaches it. Those before the cut do not run and
+    keep what the previous step estimated, which is what re-estimating them would give again:
+    their inputs come from the final layers before them. `reset_bn` would instead copy the model
+    and run it from the input to the end for every layer of the chain.
     """
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
+    reached: set[nn.Module] = set()
+
+    def reset(bn: nn.Module, _args: tuple) -> None:
+        if bn not in reached:
+            reached.add(bn)
+            bn.reset_running_stats()
+            bn.momentum = None
+
+    handles = [m.register_forward_pre_hook(reset) for m in bns]
     model.train()
     try:
-        device = model_device(model)
-        for batch in batches:
-            forward_until(model, batch_inputs(batch).to(device), [name], lambda _n, _t: None,
-                          inputs=[name])
+        for _ in feed.each([name], lambda _n, _t: None, cut, inputs=[name]):
+            pass
     finally:
+        for h in handles:
+            h.remove()
         for m, momentum in zip(bns, momenta, strict=True):
             m.momentum = momentum
         model.eval()
 
 
+def _traced(model: nn.Module, batches: list[Batch]) -> Structure | None:
+    """The model's traced structure, for passes that resume at cuts; None where it cannot be
+    traced (every pass then starts from the input)."""
+    try:
+        return structure(model, batch_inputs(batches[0]))
+    except TraceError:
+        return None
+
+
 def regression_merge(model_a: nn.Module, model_b: nn.Module, alignment: Alignment,
                      batches: Sequence[Batch], *, alpha: float = 0.5, lam: float = 0.1,
-                     variant: str = "regmean") -> nn.Module:
+                     variant: str = "regmean", max_cache_bytes: int = 2**30) -> nn.Module:
     """A new model of the endpoints' architecture whose conv/linear weights are the regression
     merge of the aligned endpoints (module docstring), in eval mode on model_a's device.
 
@@ -190,8 +209,10 @@ def regression_merge(model_a: nn.Module, model_b: nn.Module, alignment: Alignmen
     (`reset_bn`) at the end and, for "chain", before each layer's inputs are read (those of the
     merged prefix only), so the prefix runs with its own statistics. Each batch's Gram is taken in
     the layer's dtype (the BLAS-speed part) and summed over batches in float64; one layer's
-    (in x in) Gram is held at a time. `lam` >= 0 may be math.inf (then the result is the
-    interpolated model, BN statistics re-estimated).
+    (in x in) Gram is held at a time. Each model's passes resume from the values they cached at
+    the last cut before the layer (`vfcore.feed`; up to `max_cache_bytes` in all), so the sweep
+    costs about two forward passes per batch and model instead of one per layer. `lam` >= 0 may
+    be math.inf (then the result is the interpolated model, BN statistics re-estimated).
 
     Only `alignment.states` is read: endpoint i is model_a's architecture holding states[i],
     which computes endpoint i's own function for permutation alignments. ZipIt!'s maps depend on
@@ -215,10 +236,17 @@ def regression_merge(model_a: nn.Module, model_b: nn.Module, alignment: Alignmen
     order = [] if math.isinf(lam) else forward_order(merged, batch_inputs(batches[0]).to(device))
     bn = has_batchnorm(merged)
     chain = variant == "chain"
+    traced = _traced(merged, batches) if order else None
+    passes = 2 + int(chain) + int(chain and bn)  # endpoints, merged prefix, its BN estimates
+    share = max_cache_bytes // passes
+    feeds = [Feed(m, batches, share, traced) for m in (*endpoints, merged)]
+    training = Feed(merged, batches, share, traced)
     for k, name in enumerate(order):
+        cut = None if traced is None else traced.cut_before(name)
         if chain and bn and k > 0:
-            _reestimate_prefix(merged, name, batches)
-        weight = _solve_layer(name, merged, endpoints, weights, batches, float(lam), chain)
+            _reestimate_prefix(merged, name, training, cut)
+        with eval_mode(*endpoints, merged):
+            weight = _solve_layer(name, merged, endpoints, weights, feeds, cut, float(lam), chain)
         with torch.no_grad():
             module(merged, name).weight.copy_(weight)
     if bn:
