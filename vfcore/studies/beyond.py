@@ -196,8 +196,8 @@ def mergeability(setup: Setup) -> pd.DataFrame:
                     limit=setup.protocol.calibration_images, device=setup.device))
                 aligned = {m: align(a, b, m, batches) for m in ("direct", "wm", "am")}
                 values = pair_metrics(a, b, aligned["am"], batches)
-                values |= {"edge_a": setup.accuracy(a, dataset),
-                           "edge_b": setup.accuracy(b, dataset)}
+                values |= {"edge_a": setup.endpoint_accuracy(jobs[0], dataset),
+                           "edge_b": setup.endpoint_accuracy(jobs[1], dataset)}
                 for matcher, al in aligned.items():
                     for norm in ("none", "reset"):
                         merged = merge_models(a, b, al, norm=norm, calibration=batches)

@@ -154,6 +154,12 @@ class Setup:
         return evaluate(model, self.data(dataset, train), limit=self.protocol.test_images,
                         device=self.device)
 
+    def endpoint_accuracy(self, job: Endpoint, dataset: str) -> float:
+        """`accuracy` of a trained endpoint, once per process (population endpoints are in
+        several pairs)."""
+        return self.memo(("accuracy", job.key, dataset),
+                         lambda: self.accuracy(self.load(job), dataset))
+
     # ------------------------------------------------------------------ cells
 
     def cell(self, study: str, coords: dict[str, Any], compute: Callable[[], Values], *,
