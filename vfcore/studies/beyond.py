@@ -14,7 +14,7 @@ import torch
 
 from ..align import align
 from ..evaluation import input_batches
-from ..hooks import eval_mode, outputs_of
+from ..hooks import eval_mode, forward_until
 from ..layer_sparsity import allocate, prune_allocated
 from ..mergeability import nested_leave_one_group_out, pair_metrics, spearman
 from ..models import has_batchnorm
@@ -53,35 +53,40 @@ def regression(setup: Setup) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def _feature_norm(model: torch.nn.Module, layer: str, channels: torch.Tensor,
-                  batches: list[torch.Tensor]) -> float:
-    """E_x ||g(x)|| over some output channels of one layer, with g(x) = f(x) - f(0)."""
-    zero = outputs_of(model, [layer], torch.zeros_like(batches[0][:1]))[layer][:, channels]
-    total, count = 0.0, 0
+def _feature_norms(model: torch.nn.Module, channels: dict[str, torch.Tensor],
+                   batches: list[torch.Tensor]) -> dict[str, float]:
+    """Per named layer, E_x ||g(x)|| over some of its output channels, with g(x) = f(x) - f(0);
+    one pass per batch reads every layer."""
+    names = list(channels)
+    zero = {}
+    forward_until(model, torch.zeros_like(batches[0][:1]), names,
+                  lambda name, out: zero.__setitem__(name, out[:, channels[name]].clone()))
+    total = dict.fromkeys(names, 0.0)
+
+    def add(name: str, out: torch.Tensor) -> None:
+        g = (out[:, channels[name]] - zero[name]).flatten(1)
+        total[name] += float(torch.linalg.vector_norm(g, dim=1).sum())
+
     for x in batches:
-        out = outputs_of(model, [layer], x)[layer][:, channels]
-        total += float(torch.linalg.vector_norm((out - zero).flatten(1), dim=1).sum())
-        count += len(x)
-    return total / count
+        forward_until(model, x, names, add)
+    count = sum(len(x) for x in batches)
+    return {name: t / count for name, t in total.items()}
 
 
 def _merged_feature(merged: torch.nn.Module, a: torch.nn.Module, b: torch.nn.Module,
                     batches: list[torch.Tensor]) -> list[float]:
     """Per hidden layer of a PLeaS model: E||g|| over its merged units divided by the endpoints'
     mean E||g|| over the units merged into them (1: merging lost none of their feature)."""
-    scale = []
+    hidden = list(zip(a.weight_layers[:-1], merged.weight_layers, strict=False))
+    units = {name: merged.units[name] for name, _ in hidden}
+    shared = [(name, ours) for name, ours in hidden if len(units[name].merged_a)]
     with eval_mode(merged, a, b):
-        for i, name in enumerate(a.weight_layers[:-1]):
-            units = merged.units[name]
-            n = len(units.merged_a)
-            if n == 0:
-                scale.append(1.0)
-                continue
-            ours = _feature_norm(merged, merged.weight_layers[i], torch.arange(n), batches)
-            ref = (_feature_norm(a, name, units.merged_a, batches)
-                   + _feature_norm(b, name, units.merged_b, batches)) / 2
-            scale.append(ours / ref)
-    return scale
+        ours = _feature_norms(merged, {o: torch.arange(len(units[n].merged_a)) for n, o in shared},
+                              batches)
+        in_a = _feature_norms(a, {n: units[n].merged_a for n, _ in shared}, batches)
+        in_b = _feature_norms(b, {n: units[n].merged_b for n, _ in shared}, batches)
+    return [ours[o] / ((in_a[n] + in_b[n]) / 2) if len(units[n].merged_a) else 1.0
+            for n, o in hidden]
 
 
 def partial(setup: Setup, model: str = "vgg16") -> pd.DataFrame:
