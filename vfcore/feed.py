@@ -32,8 +32,8 @@ class Feed:
     """Runs calibration batches through one model, from the input or from a cut's cached values.
 
     Cached values are copied before each use, as the graph may change them in place. The caller
-    puts the model in eval and no-grad mode, and must not change any layer before a cut it has
-    read from while it still reads from that cut or later ones.
+    runs every pass of one feed in the same train/eval mode, without gradients, and changes no
+    layer before a cut while later passes still start from it.
     """
 
     def __init__(self, model: nn.Module, batches: Iterable[Batch], max_cache_bytes: int = 0,

@@ -58,6 +58,8 @@ def _feature_norms(model: torch.nn.Module, channels: dict[str, torch.Tensor],
     """Per named layer, E_x ||g(x)|| over some of its output channels, with g(x) = f(x) - f(0);
     one pass per batch reads every layer."""
     names = list(channels)
+    if not names:
+        return {}
     zero = {}
     forward_until(model, torch.zeros_like(batches[0][:1]), names,
                   lambda name, out: zero.__setitem__(name, out[:, channels[name]].clone()))
