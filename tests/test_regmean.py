@@ -14,7 +14,7 @@ from vfcore.align import align
 from vfcore.merge import interpolate
 from vfcore.models import MLP, build_model
 from vfcore.normalize import reset_bn
-from vfcore.regmean import forward_order, regression_merge
+from vfcore.regmean import _rows, forward_order, regression_merge
 
 torch.set_num_threads(1)
 
@@ -129,6 +129,17 @@ def test_cached_passes_give_the_same_merge_with_fewer_forwards(name: str, varian
     for key, value in merges[0].state_dict().items():
         assert torch.equal(value, merges[2**30].state_dict()[key]), key
     assert merges[2**30, "calls"] < merges[0, "calls"] / 2
+
+
+@pytest.mark.parametrize(("kernel", "stride", "dilation", "padding"), [
+    (3, 1, 1, 1), ((3, 1), (2, 1), (1, 2), (1, 0)), (1, 2, 1, 0), ((5, 3), (1, 2), (2, 1), (2, 1))])
+def test_conv_rows_times_the_flat_weight_is_the_conv(kernel, stride, dilation, padding) -> None:
+    conv = nn.Conv2d(4, 6, kernel, stride=stride, dilation=dilation, padding=padding, bias=False)
+    x = torch.randn(3, 4, 11, 9, generator=torch.Generator().manual_seed(0))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        rows = _rows(conv, x.contiguous(memory_format=layout))
+        out = conv(x).permute(0, 2, 3, 1).reshape(-1, 6)
+        torch.testing.assert_close(rows @ conv.weight.reshape(6, -1).T, out)
 
 
 def _mlp(seed: int) -> nn.Module:

@@ -104,11 +104,16 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A layer's input as regression rows, in its own dtype: im2col patches for a conv."""
+    """A layer's input as regression rows, in its own dtype: for a conv, one row per output
+    position holding its receptive field (im2col, ordered like the flattened weight). The
+    windows are strided views of the padded input, copied once into rows."""
     x = x.detach()
     if isinstance(layer, nn.Conv2d):
-        patches = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (layer.kernel_size, layer.stride,
+                                                  layer.dilation, layer.padding)
+        windows = F.pad(x, (pw, pw, ph, ph)).unfold(2, dh * (kh - 1) + 1, sh)
+        windows = windows.unfold(3, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]
+        return windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
     return x.reshape(-1, layer.in_features)
 
 
