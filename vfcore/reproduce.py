@@ -34,8 +34,8 @@ from .studies.manifest import endpoints
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 LONGEST_FIRST = ("09", "05", "07")
-"""Notebook prefixes by falling cold smoke time (2-core CPU, empty results cache: 466, 200 and
-137 s; each of the others took under 80 s): on several workers they start first, so that the
+"""Notebook prefixes by falling cold smoke time (2-core CPU, empty results cache: 421, 207 and
+173 s; each of the others took under 100 s): on several workers they start first, so that the
 workers finish together instead of one starting the longest notebook last."""
 
 
