@@ -12,6 +12,7 @@ that every pass starts from the input, which gives the same values.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
+from functools import partial
 
 import torch
 from torch import nn
@@ -65,22 +66,22 @@ class Feed:
         """
         caching = cut is not None and self.traced is not None and self.max_cache_bytes > 0
         captured: list[tuple] | None = [] if caching and cut != self.start else None
+        captured_bytes = 0
         n_batches = 0
         for i, batch in enumerate(self.batches):
             n_batches += 1
             x = batch_inputs(batch).to(self.device)
-            if not caching:
-                forward_until(self.model, x, names, use, inputs=inputs)
-                yield i
-                continue
-            values = self._values(i, x, cut)
-            if captured is not None:
-                captured.append(tuple(_copy(v) for v in values))
-                if sum(v.nbytes for vs in captured for v in vs
-                       if isinstance(v, torch.Tensor)) > self.max_cache_bytes:
-                    captured = None
-            forward_until(self.model, x, names, use, inputs=inputs,
-                          call=lambda v=values: self.traced.run(self.model, v, start=cut))
+            call = None
+            if caching:
+                values = self._values(i, x, cut)
+                if captured is not None:
+                    captured.append(tuple(_copy(v) for v in values))
+                    captured_bytes += sum(v.nbytes for v in captured[-1]
+                                          if isinstance(v, torch.Tensor))
+                    if captured_bytes > self.max_cache_bytes:
+                        captured = None
+                call = partial(self.traced.run, self.model, values, start=cut)
+            forward_until(self.model, x, names, use, inputs=inputs, call=call)
             yield i
         if n_batches == 0:
             raise ValueError("batches is empty; give at least one calibration batch")
