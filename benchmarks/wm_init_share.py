@@ -8,6 +8,7 @@ random initialisation.
     python benchmarks/wm_init_share.py --model vgg16_bn --milestones --pairs 1   # constant lr
     python benchmarks/wm_init_share.py --epochs 16 --pairs 1
     python benchmarks/wm_init_share.py --width 0.5 --pairs 1
+    python benchmarks/wm_init_share.py --augment --pairs 3             # the paper's crop + flip
 
 For each endpoint it prints the cosine between every conv layer's trained weights and the same
 layer at initialisation (rebuilt from the endpoint's seed), and its test accuracy. For each pair
@@ -15,10 +16,11 @@ it prints the weight matching objective sum <W_a, P(W_b)> reached by weight matc
 seeds) and by the activation-matching permutations, how many units the two methods pair alike per
 group, the midpoint accuracy of direct merging, WM and AM without normalisation, with REPAIR and
 with RESCALE (VGG16-BN: with RESET), and for the plain VGG16 AM + RESCALE at PFM 8/14 (Table 1).
-Three levers that move weights away from their initialisation train the endpoints with another
-recipe than the profile's: `--weight-decay D`, `--milestones F ...` (the fractions of the run at
-which lr drops 10x; none: constant lr) and `--epochs E` (a longer run, its lr steps at the same
-fractions); `--width W` trains them at another width.
+Four levers that might move weights away from their initialisation train the endpoints with
+another recipe than the profile's: `--weight-decay D`, `--milestones F ...` (the fractions of the
+run at which lr drops 10x; none: constant lr), `--epochs E` (a longer run, its lr steps at the
+same fractions) and `--augment` (the paper's random crop and flip, which the CPU profiles leave
+out; calibration then draws augmented images too); `--width W` trains them at another width.
 Endpoints come from the cache (trained if missing: about 7 minutes each for the quarter-width
 VGG16, 4 for VGG16-BN, on one thread).
 """
@@ -87,9 +89,13 @@ def main() -> None:
                         help="train with lr steps at these fractions of the run (none: constant)")
     parser.add_argument("--epochs", type=float, help="train the endpoints this many epochs")
     parser.add_argument("--width", type=float, help="train the endpoints at this width")
+    parser.add_argument("--augment", action="store_true",
+                        help="train and calibrate with random crop and flip")
     parser.add_argument("--pairs", type=int, default=2, help="how many pairs to compare")
     args = parser.parse_args()
     profile = get_profile(args.profile)
+    if args.augment:
+        profile = replace(profile, augment=True)
     if args.milestones is not None:
         overrides = dict(profile.recipe_overrides)
         overrides[args.model] = {**overrides.get(args.model, {}),
