@@ -8,7 +8,9 @@ random initialisation.
     python benchmarks/wm_init_share.py --model vgg16_bn --milestones --pairs 1   # constant lr
     python benchmarks/wm_init_share.py --epochs 16 --pairs 1
     python benchmarks/wm_init_share.py --width 0.5 --pairs 1
-    python benchmarks/wm_init_share.py --augment --pairs 3             # the paper's crop + flip
+    python benchmarks/wm_init_share.py --augment --pairs 1             # the paper's crop + flip
+    python benchmarks/wm_init_share.py --model vgg16_bn --epochs 12 --pairs 3
+    python benchmarks/wm_init_share.py --model vgg16_bn --width 0.5 --pairs 3
 
 For each endpoint it prints the cosine between every conv layer's trained weights and the same
 layer at initialisation (rebuilt from the endpoint's seed), and its test accuracy. For each pair
