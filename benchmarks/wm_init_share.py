@@ -9,6 +9,7 @@ their random initialisation, and BatchNorm running statistics can outweigh them 
     python benchmarks/wm_init_share.py --epochs 16 --pairs 1
     python benchmarks/wm_init_share.py --width 0.5 --pairs 1
     python benchmarks/wm_init_share.py --augment --pairs 1             # the paper's crop + flip
+    python benchmarks/wm_init_share.py --lr 0.16 --pairs 1                # a higher peak lr
     python benchmarks/wm_init_share.py --model vgg16_bn --epochs 12 --pairs 3
     python benchmarks/wm_init_share.py --model vgg16_bn --width 0.5 --pairs 3
     python benchmarks/wm_init_share.py --model resnet20 --width 1 --lr 0.1 --pairs 1  # Fig. 6A
@@ -49,8 +50,8 @@ NORMS = {"vgg16": ("none", "repair", "rescale"), "vgg16_bn": ("none", "reset"),
          "resnet20": ("none", "reset")}
 PFM_HEADLINE = 8
 OBJECTIVES = ("parameters", "weights")
-"""What else weight matching may match than the whole state (the authors' choice): the
-parameters (no BatchNorm running statistics; the paper's Theta), or the conv and linear weights."""
+"""Objectives compared with WM's whole state (the authors' choice): the parameters alone (no
+BatchNorm running statistics; the paper's Theta), or the conv and linear weights alone."""
 
 
 def init_share(setup: Setup, model_name: str, seed: int, train: dict[str, float]) -> str:
@@ -67,10 +68,10 @@ def init_share(setup: Setup, model_name: str, seed: int, train: dict[str, float]
             "squared norm; " + " ".join(f"{float(c):.2f}" for c in cosines))
 
 
-def restricted_wm(model: torch.nn.Module, b: torch.nn.Module, objective: str) -> Alignment:
+def restricted_wm(a: torch.nn.Module, b: torch.nn.Module, objective: str) -> Alignment:
     """WM alignment whose objective keeps only `objective`'s tensors (the rest count as zero)."""
-    spec, sa, sb = spec_for(model), model.state_dict(), b.state_dict()
-    params = {name for name, _ in model.named_parameters()}
+    spec, sa, sb = spec_for(a), a.state_dict(), b.state_dict()
+    params = {name for name, _ in a.named_parameters()}
     keep = {k for k, v in sa.items()
             if (k in params if objective == "parameters" else v.dim() >= 2)}
 
