@@ -18,11 +18,12 @@ For each endpoint it prints the cosine between every conv layer's trained weight
 layer at initialisation (rebuilt from the endpoint's seed), its test accuracy, and the share of
 the state's squared norm held by BatchNorm running statistics (which the WM objective includes,
 as the authors' code does). For each pair it prints the weight matching objective
-sum <W_a, P(W_b)> reached by weight matching (three seeds) and by the activation-matching
-permutations, how many units the two methods pair alike per group, and the midpoint accuracy of
-direct merging, WM, AM, and WM on a restricted objective (the parameters alone, or the conv and
-linear weights alone), without normalisation, with REPAIR and with RESCALE (VGG16-BN and
-ResNet20: with RESET); for the plain VGG16 also AM + RESCALE at PFM 8/14 (Table 1).
+sum <W_a, P(W_b)> of the identity, of weight matching (three seeds) and of the activation-matching
+permutations; the identity's and weight matching's between the pair's untrained initialisations
+(what WM finds where there is nothing to find); how many units WM and AM pair alike per group; and
+the midpoint accuracy of direct merging, WM, AM, and WM on a restricted objective (the parameters
+alone, or the conv and linear weights alone), without normalisation, with REPAIR and with RESCALE
+(VGG16-BN and ResNet20: with RESET); for the plain VGG16 also AM + RESCALE at PFM 8/14 (Table 1).
 Five levers train the endpoints with another recipe than the profile's: `--weight-decay D`,
 `--lr L` (the peak learning rate, as Fig. 6's sweep), `--milestones F ...` (the fractions of the
 run at which lr drops 10x; none: constant lr), `--epochs E` (a longer run, its lr steps at the
@@ -98,6 +99,10 @@ def compare(setup: Setup, model_name: str, pair: int, train: dict[str, float]) -
           f"{matching_objective(spec, sa, sb, {}):.1f}; WM (3 seeds) "
           + " / ".join(f"{o:.1f}" for o in objective)
           + f"; AM's permutations {matching_objective(spec, sa, sb, am):.1f}")
+    ia, ib = (job.build().state_dict() for job in setup.pair_jobs(model_name, pair, **train))
+    print(f"  the same between the two initialisations: identity "
+          f"{matching_objective(spec, ia, ib, {}):.1f}; WM "
+          f"{matching_objective(spec, ia, ib, match_weights(spec, ia, ib).perms):.1f}")
     agree = [float((wm[g] == am[g]).float().mean()) for g in spec.groups]
     print("  units WM and AM pair alike, per group: " + " ".join(f"{x:.2f}" for x in agree))
     for label, alignment in alignments.items():
