@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
 
 from vfcore.claims import Claim, Results, Verdict, evaluate, save
 from vfcore.claims.core import above
-from vfcore.claims.summary import guard, readme_is_current, update_readme, what_holds
+from vfcore.claims.summary import ROOT, guard, load, readme_is_current, update_readme, what_holds
 from vfcore.studies.setup import frame, rows
 
 TABLE = frame(rows("demo", {"model": "m", "pair": 0}, {"accuracy": 80.0, "other": 70.0})
@@ -79,3 +80,15 @@ def test_the_summary_counts_held_claims_per_profile(tmp_path):
 
 def test_the_committed_readme_summary_is_current():
     assert readme_is_current(), "run `python -m vfcore.claims readme` and commit the README"
+
+
+def test_the_readme_explains_every_failure_at_fmnist_quarter():
+    """The README's table of failures at the CPU rung names exactly the claims that fail there."""
+    failing = {i for table in load(ROOT / "figures" / "fmnist_quarter").values()
+               for i, holds in zip(table["id"], table["holds"], strict=True) if holds != "yes"}
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("**Every claim that fails at fmnist_quarter", 1)[1].split("\n## ", 1)[0]
+    named = {i for row in section.splitlines() if row.startswith("| `")
+             for i in re.findall(r"`([0-9]{2}\.[\w.]+)`", row.split(" | ")[0])}
+    assert named == failing, (f"not explained: {sorted(failing - named)}; "
+                              f"explained but holding: {sorted(named - failing)}")
