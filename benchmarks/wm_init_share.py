@@ -43,8 +43,9 @@ import torch
 from vfcore import align, merge_models, spec_for
 from vfcore.align import Alignment
 from vfcore.profiles import get_profile
+from vfcore.spec import PermutationSpec
 from vfcore.studies import Setup
-from vfcore.transform import permute
+from vfcore.transform import State, permute
 from vfcore.weight_matching import match_weights, matching_objective
 
 NORMS = {"vgg16": ("none", "repair", "rescale"), "vgg16_bn": ("none", "reset"),
@@ -69,14 +70,14 @@ def init_share(setup: Setup, model_name: str, seed: int, train: dict[str, float]
             "squared norm; " + " ".join(f"{float(c):.2f}" for c in cosines))
 
 
-def restricted_wm(a: torch.nn.Module, b: torch.nn.Module, objective: str) -> Alignment:
-    """WM alignment whose objective keeps only `objective`'s tensors (the rest count as zero)."""
-    spec, sa, sb = spec_for(a), a.state_dict(), b.state_dict()
-    params = {name for name, _ in a.named_parameters()}
+def restricted_wm(spec: PermutationSpec, sa: State, sb: State, params: set[str],
+                  objective: str) -> Alignment:
+    """WM alignment of states `sa`, `sb` whose objective keeps only `objective`'s tensors (the
+    rest count as zero); `params` names the model's parameters."""
     keep = {k for k, v in sa.items()
             if (k in params if objective == "parameters" else v.dim() >= 2)}
 
-    def masked(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def masked(state: State) -> State:
         return {k: v if k in keep or not v.is_floating_point() else torch.zeros_like(v)
                 for k, v in state.items()}
 
@@ -90,7 +91,8 @@ def compare(setup: Setup, model_name: str, pair: int, train: dict[str, float]) -
     dataset = setup.profile.dataset_for(model_name)
     calibration = setup.calibration(a, dataset, pair)
     alignments = {m.upper(): align(a, b, m, calibration) for m in ("direct", "wm", "am")}
-    alignments |= {f"WM on {o}": restricted_wm(a, b, o) for o in OBJECTIVES}
+    params = {name for name, _ in a.named_parameters()}
+    alignments |= {f"WM on {o}": restricted_wm(spec, sa, sb, params, o) for o in OBJECTIVES}
     wm, am = alignments["WM"].maps[1], alignments["AM"].maps[1]
     objective = [matching_objective(spec, sa, sb, wm)]
     objective += [matching_objective(spec, sa, sb, match_weights(spec, sa, sb, seed=k).perms)
